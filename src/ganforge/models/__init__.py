@@ -1,0 +1,73 @@
+"""The model registry: ``MODELS`` maps an arch name to ``build(cfg) -> (generator, discriminator)``.
+
+Every registered pair follows one interface (see ``ganforge.models.base``):
+``generator(z [B, latent_dim], labels=None) -> images [B, C, R, R]`` in [-1, 1] and
+``discriminator(x, labels=None) -> logits [B]``. Networks only: no I/O, no device choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from ganforge.config import ModelConfig
+from ganforge.errors import ConfigError
+from ganforge.models.base import CONDITIONAL_ARCHS, Discriminator, GanModule, Generator
+from ganforge.models.conv import ConvDiscriminator, ConvGenerator, build_conv
+from ganforge.models.dcgan import DCGANDiscriminator, DCGANGenerator, build_cdcgan, build_dcgan96
+from ganforge.models.init import dcgan_init_
+from ganforge.models.mlp import MLPDiscriminator, MLPGenerator, build_mlp, build_mlp_bn
+from ganforge.registry import Registry
+
+Builder = Callable[[ModelConfig], tuple[nn.Module, nn.Module]]
+
+MODELS: Registry[Builder] = Registry("model")
+MODELS.register("mlp")(build_mlp)  # mnist-mlp
+MODELS.register("mlp-bn")(build_mlp_bn)  # mnist-mlp-bn
+MODELS.register("conv")(build_conv)  # mnist-conv
+MODELS.register("cdcgan")(build_cdcgan)  # mnist-cgan
+MODELS.register("dcgan96")(build_dcgan96)  # anime-dcgan
+
+INITS = ("default", "dcgan")
+_POSITIVE = ("latent_dim", "channels", "resolution", "g_width", "d_width")
+
+
+def build_models(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
+    """Build ``(generator, discriminator)`` for ``cfg.arch`` and apply ``cfg.init``.
+
+    ``init="default"`` keeps PyTorch's own init; ``"dcgan"`` applies ``dcgan_init_`` to both nets.
+    Raises ``ConfigError`` for an unknown arch or init, or a value the arch's spec contradicts.
+    """
+    # Checked here too because a ModelConfig can be built directly, bypassing config.validate.
+    if cfg.init not in INITS:
+        raise ConfigError(f"model.init={cfg.init!r} is not one of: {', '.join(INITS)}")
+    for name in _POSITIVE:
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"model.{name}={getattr(cfg, name)} must be > 0")
+    if cfg.num_classes < 0:
+        raise ConfigError(f"model.num_classes={cfg.num_classes} must be >= 0")
+    generator, discriminator = MODELS.get(cfg.arch)(cfg)
+    if cfg.init == "dcgan":
+        dcgan_init_(generator)
+        dcgan_init_(discriminator)
+    return generator, discriminator
+
+
+__all__ = [
+    "CONDITIONAL_ARCHS",
+    "INITS",
+    "MODELS",
+    "Builder",
+    "ConvDiscriminator",
+    "ConvGenerator",
+    "DCGANDiscriminator",
+    "DCGANGenerator",
+    "Discriminator",
+    "GanModule",
+    "Generator",
+    "MLPDiscriminator",
+    "MLPGenerator",
+    "build_models",
+    "dcgan_init_",
+]

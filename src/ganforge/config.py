@@ -130,14 +130,37 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.precision": ("fp32", "bf16"),
 }
 POSITIVE = (
-    "model.latent_dim", "model.channels", "model.resolution", "model.g_width", "model.d_width",
-    "optim.lr_g", "optim.lr_d", "optim.eps", "train.batch_size", "train.d_every", "train.g_every",
-    "train.log_every", "train.sample_every", "train.checkpoint_every", "train.grid_size",
-    "train.grid_columns", "eval.num_samples", "sample.num", "sample.candidates", "sample.noise_std",
+    "model.latent_dim",
+    "model.channels",
+    "model.resolution",
+    "model.g_width",
+    "model.d_width",
+    "optim.lr_g",
+    "optim.lr_d",
+    "optim.eps",
+    "train.batch_size",
+    "train.d_every",
+    "train.g_every",
+    "train.log_every",
+    "train.sample_every",
+    "train.checkpoint_every",
+    "train.grid_size",
+    "train.grid_columns",
+    "eval.num_samples",
+    "sample.num",
+    "sample.candidates",
+    "sample.noise_std",
 )
 NON_NEGATIVE = (
-    "model.num_classes", "train.epochs", "train.max_steps", "train.max_time", "train.ema_decay",
-    "data.max_images", "data.num_workers", "eval.every", "sample.top_k",
+    "model.num_classes",
+    "train.epochs",
+    "train.max_steps",
+    "train.max_time",
+    "train.ema_decay",
+    "data.max_images",
+    "data.num_workers",
+    "eval.every",
+    "sample.top_k",
 )
 
 

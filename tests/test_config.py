@@ -1,0 +1,81 @@
+"""Recipes, overrides and their errors."""
+
+import json
+
+import pytest
+
+from ganforge.config import RunConfig, apply_overrides, from_json, to_json
+from ganforge.errors import ConfigError
+from ganforge.recipes import RECIPES, get_recipe
+
+
+@pytest.mark.parametrize("name", RECIPES.names())
+def test_recipe_round_trips_through_json(name):
+    cfg = get_recipe(name)
+    assert cfg.recipe == name and cfg.description
+    again = from_json(to_json(cfg))
+    assert again == cfg
+
+
+def test_seed_recipes_match_the_spec():
+    mlp = get_recipe("mnist-mlp")
+    assert (mlp.train.batch_size, mlp.optim.lr_g, mlp.optim.lr_d, mlp.train.epochs) == (64, 1e-4, 1e-4, 60)
+    assert mlp.train.g_update == "same-fake" and mlp.data.mean == [0.5] and mlp.data.std == [0.5]
+    conv = get_recipe("mnist-conv")
+    assert (conv.train.batch_size, conv.optim.lr_g, conv.train.epochs) == (16, 3e-4, 50)
+    assert conv.data.mean == [0.1307] and conv.data.std == [0.3081] and conv.train.g_update == "fresh-noise"
+    cgan = get_recipe("mnist-cgan")
+    assert (cgan.train.batch_size, cgan.model.resolution, cgan.model.num_classes) == (128, 64, 10)
+    assert (cgan.optim.beta1, cgan.optim.beta2, cgan.model.init) == (0.5, 0.999, "dcgan")
+    anime = get_recipe("anime-dcgan")
+    assert (anime.train.batch_size, anime.train.d_every, anime.train.g_every, anime.train.epochs) == (256, 1, 5, 400)
+    assert anime.train.drop_last and anime.sample.top_k == 64 and anime.sample.candidates == 512
+    assert anime.train.sample_every == 5 and anime.train.checkpoint_every == 5
+    bn = get_recipe("mnist-mlp-bn")
+    assert (bn.train.batch_size, bn.optim.lr_g, bn.train.epochs, bn.train.g_update) == (256, 1e-4, 100, "simultaneous")
+
+
+def test_overrides_convert_by_field_type():
+    cfg = get_recipe("mnist-mlp")
+    changed = apply_overrides(
+        cfg, ["optim.lr_g=2e-4", "train.epochs=3", "train.drop_last=true", "data.mean=0.1,", "loss.name=bce"]
+    )
+    assert changed == ["optim.lr_g", "train.epochs", "train.drop_last", "data.mean", "loss.name"]
+    assert cfg.optim.lr_g == 2e-4 and cfg.train.epochs == 3 and cfg.train.drop_last is True
+    assert cfg.data.mean == [0.1]
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("optim.lr=1", "unknown config key 'optim.lr'"),
+        ("nosection.x=1", "unknown config section"),
+        ("epochs=3", "use section.field"),
+        ("train.epochs=three", "expected a value of type int"),
+        ("train.drop_last=maybe", "expected a value of type bool"),
+        ("optim.lr_g=-1e-4", "optim.lr_g=-0.0001 must be > 0"),
+        ("train.batch_size=0", "train.batch_size=0 must be > 0"),
+        ("train.g_update=sometimes", "is not one of"),
+        ("data.std=0", "must be > 0"),
+        ("train.epochs", "expected key=value"),
+    ],
+)
+def test_bad_overrides_are_errors(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        apply_overrides(get_recipe("mnist-mlp"), [override])
+
+
+def test_from_dict_rejects_unknown_keys_and_wrong_types():
+    raw = json.loads(to_json(RunConfig()))
+    raw["train"]["warp_speed"] = 9
+    with pytest.raises(ConfigError, match="warp_speed"):
+        from_json(json.dumps(raw))
+    raw = json.loads(to_json(RunConfig()))
+    raw["train"]["epochs"] = "ten"
+    with pytest.raises(ConfigError, match="train.epochs"):
+        from_json(json.dumps(raw))
+
+
+def test_unknown_recipe_lists_known_ones():
+    with pytest.raises(ConfigError, match="unknown recipe 'mnist-mpl'; known: .*mnist-mlp"):
+        get_recipe("mnist-mpl")

@@ -84,7 +84,7 @@ class TrainConfig:
     sync_batchnorm: bool = False  # distributed runs: BatchNorm statistics over the global batch
     log_every: int = 50  # steps between metrics.jsonl records
     sample_every: int = 1  # epochs between sample grids
-    checkpoint_every: int = 1  # epochs between numbered checkpoints (latest is kept every epoch)
+    checkpoint_every: int = 10  # epochs between numbered checkpoints (latest is kept every epoch)
     grid_size: int = 64  # samples in each grid (conditional: grid_columns per class row)
     grid_columns: int = 8
     progress: bool = True  # tqdm bar per epoch

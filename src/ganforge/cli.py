@@ -1,0 +1,296 @@
+"""``ganforge`` command line: a thin shell over the library.
+
+User errors (``GanforgeError``) print one line ``ganforge: error: ...`` and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+
+from ganforge.errors import GanforgeError
+
+EXAMPLES = {
+    "main": """\
+        examples:
+          ganforge recipes
+          ganforge train digits-mlp                      # no download needed
+          ganforge train mnist-mlp --data-root ../shared/data/mnist --split test --epochs 5
+          ganforge generate runs/mnist-mlp-*/ --num 64 --out samples.png
+          ganforge evaluate runs/mnist-mlp-*/ --json scores.json
+        """,
+    "train": """\
+        examples:
+          ganforge train mnist-cgan --data-root ../shared/data/mnist --split test --epochs 2
+          ganforge train anime-dcgan --data-root ../shared/data/anime-faces --set optim.lr_g=1e-4
+          ganforge train --resume runs/mnist-cgan-20261122-101500 --epochs 20
+        """,
+    "generate": """\
+        examples:
+          ganforge generate RUN_DIR --num 64 --out grid.png
+          ganforge generate RUN_DIR --per-class --out classes.png
+          ganforge generate RUN_DIR --top-k 64 --candidates 512 --out best.npz
+          ganforge generate RUN_DIR --interpolate 16 --out walk.gif
+        """,
+}
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ganforge",
+        description="Train, evaluate and sample GANs.",
+        epilog=textwrap.dedent(EXAMPLES["main"]),
+        formatter_class=_formatter,
+    )
+    from ganforge import __version__
+
+    parser.add_argument("--version", action="version", version=f"ganforge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    recipes = sub.add_parser(
+        "recipes", help="list the recipes", formatter_class=_formatter, epilog="example:\n  ganforge recipes"
+    )
+    recipes.set_defaults(func=cmd_recipes)
+
+    train = sub.add_parser(
+        "train",
+        help="train a recipe (or resume a run)",
+        formatter_class=_formatter,
+        epilog=textwrap.dedent(EXAMPLES["train"]),
+    )
+    train.add_argument("recipe", nargs="?", help="recipe name (see `ganforge recipes`); omit with --resume")
+    train.add_argument("--epochs", type=int, help="train.epochs")
+    train.add_argument("--max-steps", type=int, help="train.max_steps: stop after N batches")
+    train.add_argument("--max-time", type=float, help="train.max_time: stop after N minutes (checkpoint saved)")
+    train.add_argument("--data-root", help="data.root: where the dataset is (or is downloaded to)")
+    train.add_argument("--split", help="data.split: train or test")
+    train.add_argument("--batch-size", type=int, help="train.batch_size")
+    train.add_argument("--seed", type=int, help="train.seed")
+    train.add_argument("--device", help="train.device: auto, cpu, cuda, cuda:N, mps")
+    train.add_argument("--precision", help="train.precision: fp32 or bf16")
+    train.add_argument("--compile", action="store_true", default=None, help="train.compile: torch.compile")
+    train.add_argument("--out", type=Path, help="run directory (default runs/<recipe>-<time>)")
+    train.add_argument("--resume", type=Path, help="continue a run: its directory or a checkpoint file")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set any config field, e.g. --set optim.lr_g=2e-4 (repeatable)",
+    )
+    train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    train.set_defaults(func=cmd_train)
+
+    gen = sub.add_parser(
+        "generate",
+        help="sample images from a trained run or checkpoint",
+        formatter_class=_formatter,
+        epilog=textwrap.dedent(EXAMPLES["generate"]),
+    )
+    gen.add_argument("checkpoint", type=Path, help="run directory or .safetensors checkpoint")
+    gen.add_argument("--num", type=int, help="number of images (default: the recipe's sample.num)")
+    gen.add_argument(
+        "--out",
+        type=Path,
+        default=Path("samples.png"),
+        help="FILE.png (one grid), DIR/ (one PNG per image), FILE.npz, or FILE.gif (--interpolate)",
+    )
+    gen.add_argument("--class", dest="class_index", type=int, help="conditional models: this class only")
+    gen.add_argument("--per-class", action="store_true", help="grid with one row per class, same noise per row")
+    gen.add_argument("--top-k", type=int, help="keep the K samples the discriminator scores highest")
+    gen.add_argument("--candidates", type=int, help="samples drawn for --top-k (default: the recipe's)")
+    gen.add_argument("--interpolate", type=int, metavar="STEPS", help="latent walk with STEPS frames per leg")
+    gen.add_argument("--nrow", type=int, help="images per grid row")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--batch-size", type=int, default=256)
+    gen.add_argument("--device", default="cpu")
+    gen.add_argument("--no-ema", action="store_true", help="use the raw generator even if an EMA was kept")
+    gen.set_defaults(func=cmd_generate)
+
+    try:
+        from ganforge.metrics.commands import add_commands
+    except ImportError:  # metrics not installed in this build
+        pass
+    else:
+        add_commands(sub)
+    return parser
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from ganforge.recipes import RECIPES, get_recipe
+
+    width = max(len(n) for n in RECIPES.names())
+    for name in RECIPES.names():
+        print(f"{name:<{width}}  {get_recipe(name).description}")
+    return 0
+
+
+CLI_FIELDS = {
+    "epochs": "train.epochs",
+    "max_steps": "train.max_steps",
+    "max_time": "train.max_time",
+    "data_root": "data.root",
+    "split": "data.split",
+    "batch_size": "train.batch_size",
+    "seed": "train.seed",
+    "device": "train.device",
+    "precision": "train.precision",
+    "compile": "train.compile",
+}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ganforge.config import apply_overrides, to_json
+    from ganforge.errors import ConfigError
+    from ganforge.recipes import get_recipe
+    from ganforge.training.loop import load_resume_config, train
+
+    # named flags are shorthands for config fields, applied before the --set list
+    overrides = [f"{key}={getattr(args, name)}" for name, key in CLI_FIELDS.items() if getattr(args, name) is not None]
+    overrides += args.overrides
+    checkpoint = None
+    if args.resume is not None:
+        if args.overwrite:
+            raise ConfigError("--resume continues a run; --overwrite would delete it: use one of them")
+        checkpoint, cfg = load_resume_config(args.resume)
+        if args.recipe and args.recipe != cfg.recipe:
+            raise ConfigError(f"{args.resume} is a {cfg.recipe} run, not {args.recipe}; drop the recipe name")
+    elif args.recipe is None:
+        raise ConfigError("name a recipe (see `ganforge recipes`) or pass --resume RUN_DIR")
+    else:
+        cfg = get_recipe(args.recipe)
+    apply_overrides(cfg, overrides)
+    if args.print_config:
+        print(to_json(cfg))
+        return 0
+    result = train(
+        cfg,
+        out=args.out,
+        resume=checkpoint,
+        overwrite=args.overwrite,
+        resume_overrides=overrides if checkpoint else None,
+    )
+    if result.stopped_early and result.stopped_early.startswith("stopped by"):
+        return 130 if "SIGINT" in result.stopped_early else 143
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from ganforge.data import denormalize
+    from ganforge.errors import ConfigError
+    from ganforge.sampling import (
+        check_labels,
+        generate_from_noise,
+        generate_images,
+        generate_top_k,
+        interpolation_noise,
+        load_gan,
+        per_class_grid_inputs,
+        save_gif,
+        save_grid,
+        save_images,
+    )
+
+    gan = load_gan(args.checkpoint, args.device, use_ema=not args.no_ema)
+    cfg = gan.config
+    out: Path = args.out
+    as_dir = str(out).endswith(("/", "\\")) or out.is_dir()
+    if not as_dir and out.suffix.lower() not in (".png", ".npz", ".gif"):
+        raise ConfigError(f"--out {out}: use FILE.png, FILE.npz, FILE.gif or a directory ending in /")
+    _check_writable(out if as_dir else out.parent)
+    num = args.num if args.num is not None else cfg.sample.num
+    if num <= 0:
+        raise ConfigError("--num must be > 0")
+    scores = None
+    labels = None
+    nrow = args.nrow
+    if args.class_index is not None:
+        labels = torch.full((num,), args.class_index, dtype=torch.int64)
+        check_labels(gan, labels)
+    if args.interpolate is not None:
+        if args.interpolate < 2:
+            raise ConfigError("--interpolate needs at least 2 steps")
+        z = interpolation_noise(args.interpolate, cfg.model.latent_dim, args.seed, points=3)
+        walk_labels = None
+        if gan.num_classes:
+            walk_labels = torch.full((z.shape[0],), args.class_index or 0, dtype=torch.int64)
+        images = denormalize(generate_from_noise(gan, z, walk_labels, args.batch_size), cfg.data.mean, cfg.data.std)
+        labels = walk_labels
+        nrow = nrow or args.interpolate
+    elif args.per_class:
+        if gan.num_classes == 0:
+            raise ConfigError("--per-class needs a conditional model; this one is unconditional")
+        per_row = args.num or 10
+        z, labels = per_class_grid_inputs(gan.num_classes, per_row, cfg.model.latent_dim, args.seed)
+        images = denormalize(generate_from_noise(gan, z, labels, args.batch_size), cfg.data.mean, cfg.data.std)
+        nrow = per_row
+    elif args.top_k is not None or (cfg.sample.top_k and args.num is None):
+        k = args.top_k if args.top_k is not None else cfg.sample.top_k
+        candidates = args.candidates or max(cfg.sample.candidates, k)
+        if k <= 0:
+            raise ConfigError("--top-k must be > 0")
+        images, labels, scores = generate_top_k(gan, k, candidates, labels, args.seed, args.batch_size)
+    else:
+        images, labels = generate_images(gan, num, labels, args.seed, args.batch_size)
+
+    if as_dir:
+        paths = save_images(images, out, labels)
+        print(f"wrote {len(paths)} images to {out}")
+    elif out.suffix.lower() == ".npz":
+        payload = {"images": images.numpy().astype(np.uint8)}
+        if labels is not None:
+            payload["labels"] = labels.numpy().astype(np.int64)
+        if scores is not None:
+            payload["scores"] = scores.numpy()
+        np.savez(out, **payload)
+        print(f"wrote {images.shape[0]} images to {out} ({', '.join(payload)})")
+    elif out.suffix.lower() == ".gif":
+        save_gif(images, out)
+        print(f"wrote a {images.shape[0]}-frame animation to {out}")
+    else:
+        save_grid(images, out, nrow=nrow or 8)
+        print(f"wrote a grid of {images.shape[0]} images to {out}")
+    return 0
+
+
+def _check_writable(directory: Path) -> None:
+    from ganforge.errors import GanforgeError
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".ganforge-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise GanforgeError(f"cannot write to {directory} ({exc.strerror}); choose another --out") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except GanforgeError as exc:
+        print(f"ganforge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ganforge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

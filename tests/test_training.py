@@ -1,0 +1,172 @@
+"""The training loop: each recipe's update order against a plain-PyTorch reference step, the
+d_every/g_every schedule, and the run directory a short run leaves behind."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from ganforge.config import apply_overrides
+from ganforge.losses import LOSSES
+from ganforge.recipes import get_recipe
+from ganforge.training.distributed import DistContext
+from ganforge.training.loop import _Trainer
+
+
+def make_trainer(tmp_path, recipe: str = "digits-mlp", overrides: list[str] = ()) -> _Trainer:
+    cfg = get_recipe(recipe)
+    apply_overrides(cfg, ["data.dataset=digits", "data.max_images=64", "train.progress=false", *overrides])
+    return _Trainer(cfg, DistContext(), tmp_path / "run", None, False, [])
+
+
+def first_batch(trainer: _Trainer):
+    x_real, y_real = next(iter(trainer.loader.epoch(0)))
+    return x_real, (y_real if trainer.cfg.model.num_classes else None)
+
+
+def reference_step(g_update, G, D, opt_g, opt_d, x_real, y_real, rng, loss, num_classes, latent_dim):
+    """The reference systems' steps, written out plainly (no detach tricks, no requires_grad toggling)."""
+
+    def draw(n):
+        z = torch.randn(n, latent_dim, generator=rng)
+        y = torch.randint(num_classes, (n,), generator=rng) if num_classes else None
+        return z, y
+
+    n = x_real.shape[0]
+    if g_update == "simultaneous":
+        z, y = draw(n)
+        x_fake = G(z, y)
+        logits_real, logits_fake = D(x_real, y_real), D(x_fake, y)
+        d_loss, g_loss = loss.d_loss(logits_real, logits_fake), loss.g_loss(logits_fake)
+        g_grads = torch.autograd.grad(g_loss, list(G.parameters()), retain_graph=True)
+        d_grads = torch.autograd.grad(d_loss, list(D.parameters()))
+        for p, g in zip(G.parameters(), g_grads):
+            p.grad = g
+        for p, g in zip(D.parameters(), d_grads):
+            p.grad = g
+        opt_d.step()
+        opt_g.step()
+        return
+    z, y = draw(n)
+    x_fake = G(z, y)
+    opt_d.zero_grad()
+    # mnist-conv's original: the fake is NOT detached; only D is stepped
+    d_loss = loss.d_loss(D(x_real, y_real), D(x_fake if g_update == "fresh-noise" else x_fake.detach(), y))
+    d_loss.backward()
+    opt_d.step()
+    if g_update == "fresh-noise":
+        z, y = draw(n)
+        x_fake = G(z, y)
+    opt_g.zero_grad()
+    loss.g_loss(D(x_fake, y)).backward()
+    opt_g.step()
+
+
+@pytest.mark.parametrize(
+    "recipe,overrides",
+    [
+        ("mnist-mlp", []),  # same-fake
+        ("mnist-conv", []),  # fresh-noise, BatchNorm in G
+        ("mnist-mlp-bn", []),  # simultaneous
+        ("mnist-cgan", ["model.g_width=8", "model.d_width=8"]),  # conditional, same-fake
+    ],
+)
+def test_step_matches_reference_update_order(tmp_path, recipe, overrides):
+    trainer = make_trainer(tmp_path, recipe, ["train.batch_size=16", *overrides])
+    cfg = trainer.cfg
+    G, D = copy.deepcopy(trainer.generator_core), copy.deepcopy(trainer.discriminator_core)
+    adam = dict(betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, **adam)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, **adam)
+    rng = torch.Generator().manual_seed(0)
+    rng.set_state(trainer.noise_rng.get_state())
+    x_real, y_real = first_batch(trainer)
+    for batch_index in range(2):
+        trainer._step(x_real, y_real, batch_index, x_real.shape[0])
+        reference_step(
+            cfg.train.g_update,
+            G,
+            D,
+            opt_g,
+            opt_d,
+            x_real,
+            y_real,
+            rng,
+            LOSSES.get(cfg.loss.name),
+            cfg.model.num_classes,
+            cfg.model.latent_dim,
+        )
+    for ours, ref in ((trainer.generator_core, G), (trainer.discriminator_core, D)):
+        for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"{recipe}: {name} differs")
+
+
+def test_same_fake_runs_one_generator_forward_per_step(tmp_path):
+    calls = {"g": 0}
+    trainer = make_trainer(tmp_path, "mnist-mlp")
+    trainer.generator_core.register_forward_hook(lambda *a: calls.__setitem__("g", calls["g"] + 1))
+    x_real, y_real = first_batch(trainer)
+    trainer._step(x_real, y_real, 0, x_real.shape[0])
+    assert calls["g"] == 1
+
+
+def test_d_every_and_g_every_schedule(tmp_path):
+    """anime-dcgan's schedule: D on every batch, G on every 5th (1 G step per 5 batches)."""
+    trainer = make_trainer(tmp_path, "mnist-conv", ["train.g_every=5", "train.d_every=1", "train.batch_size=8"])
+    x_real, y_real = first_batch(trainer)
+    changed = []
+    for batch_index in range(10):
+        g_before = [p.clone() for p in trainer.generator_core.parameters()]
+        d_before = [p.clone() for p in trainer.discriminator_core.parameters()]
+        stats = trainer._step(x_real, y_real, batch_index, x_real.shape[0])
+        g_changed = any(not torch.equal(a, b) for a, b in zip(g_before, trainer.generator_core.parameters()))
+        d_changed = any(not torch.equal(a, b) for a, b in zip(d_before, trainer.discriminator_core.parameters()))
+        changed.append((g_changed, d_changed, int(stats[6].item()), int(stats[3].item())))
+    assert [c[0] for c in changed] == [i % 5 == 0 for i in range(10)]
+    assert all(c[1] for c in changed)
+    assert [c[2] for c in changed] == [int(i % 5 == 0) for i in range(10)]  # counted G steps
+
+
+def test_d_step_leaves_generator_untouched_and_g_step_leaves_discriminator(tmp_path):
+    trainer = make_trainer(tmp_path, "mnist-conv", ["train.g_every=2", "train.d_every=2", "train.batch_size=8"])
+    x_real, y_real = first_batch(trainer)
+    # batch 1: neither; with d_every=2, g_every=2 both happen on batch 0 only
+    g_before = [p.clone() for p in trainer.generator_core.parameters()]
+    d_before = [p.clone() for p in trainer.discriminator_core.parameters()]
+    trainer._step(x_real, y_real, 1, x_real.shape[0])
+    assert all(torch.equal(a, b) for a, b in zip(g_before, trainer.generator_core.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(d_before, trainer.discriminator_core.parameters()))
+    # a pure G step (d_every=3 skips D on batch 2, g_every=2 steps G) must not move D
+    trainer.cfg.train.d_every = 3
+    trainer._step(x_real, y_real, 2, x_real.shape[0])
+    assert all(torch.equal(a, b) for a, b in zip(d_before, trainer.discriminator_core.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(g_before, trainer.generator_core.parameters()))
+    assert all(p.requires_grad for p in trainer.discriminator_core.parameters())
+
+
+def test_short_run_leaves_the_run_directory(tmp_path):
+    trainer = make_trainer(tmp_path, "digits-mlp", ["train.epochs=2", "train.batch_size=16", "train.log_every=2"])
+    result = trainer.run()
+    run = result.run_dir
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "loss_curves.png",
+        "samples/real.png",
+        "samples/epoch_0001.png",
+        "samples/epoch_0002.png",
+        "checkpoints/latest.safetensors",
+        "generator.safetensors",
+        "discriminator.safetensors",
+    ):
+        assert (run / name).is_file(), name
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == [2, 4, 6, 8]
+    for key in ("d_loss", "g_loss", "d_real", "d_fake", "images_per_s", "epoch"):
+        assert all(r[key] is not None for r in steps), key
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [0, 1]
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2

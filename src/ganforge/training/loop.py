@@ -353,7 +353,7 @@ class _Trainer:
 
     # ------------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        cfg, tcfg, ctx, state = self.cfg, self.cfg.train, self.ctx, self.state
+        tcfg, ctx, state = self.cfg.train, self.ctx, self.state
         per_epoch = self.loader.batches_per_epoch
         if per_epoch == 0:
             raise ConfigError(

@@ -99,8 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num", type=int, help="number of images (default: the recipe's sample.num)")
     gen.add_argument(
         "--out",
-        type=Path,
-        default=Path("samples.png"),
+        default="samples.png",
         help="FILE.png (one grid), DIR/ (one PNG per image), FILE.npz, or FILE.gif (--interpolate)",
     )
     gen.add_argument("--class", dest="class_index", type=int, help="conditional models: this class only")
@@ -204,8 +203,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     gan = load_gan(args.checkpoint, args.device, use_ema=not args.no_ema)
     cfg = gan.config
-    out: Path = args.out
-    as_dir = str(out).endswith(("/", "\\")) or out.is_dir()
+    out = Path(args.out)
+    as_dir = args.out.endswith(("/", "\\")) or out.is_dir()
     if not as_dir and out.suffix.lower() not in (".png", ".npz", ".gif"):
         raise ConfigError(f"--out {out}: use FILE.png, FILE.npz, FILE.gif or a directory ending in /")
     _check_writable(out if as_dir else out.parent)

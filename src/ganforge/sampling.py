@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 import torchvision
+from PIL import Image
 from torch import nn
 
 from ganforge.config import RunConfig, from_dict
@@ -158,15 +159,16 @@ def per_class_grid_inputs(
 
 
 def interpolation_noise(steps: int, latent_dim: int, seed: int, points: int = 2) -> torch.Tensor:
-    """A latent walk: ``steps`` points on each spherical-linear path between ``points`` random z."""
+    """A latent walk: ``steps`` points on each spherical-linear leg between ``points`` random z."""
     anchors = draw_noise(points, latent_dim, seed)  # [points, latent_dim]
     t = torch.linspace(0, 1, steps).unsqueeze(1)  # [steps, 1]
     path = []
-    for a, b in zip(anchors[:-1], anchors[1:]):
+    for leg, (a, b) in enumerate(zip(anchors[:-1], anchors[1:])):
         omega = torch.arccos(torch.clamp(torch.dot(a / a.norm(), b / b.norm()), -1 + 1e-7, 1 - 1e-7))
         # slerp keeps the walk at the norm typical of Gaussian noise, where G was trained
-        path.append((torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega))
-    return torch.cat(path)  # [(points - 1) * steps, latent_dim]
+        points_on_leg = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+        path.append(points_on_leg if leg == 0 else points_on_leg[1:])  # each joint appears once
+    return torch.cat(path)  # [steps + (points - 2) * (steps - 1), latent_dim]
 
 
 def save_grid(images_uint8: torch.Tensor, path: str | Path, nrow: int = 8) -> None:
@@ -185,14 +187,12 @@ def save_images(images_uint8: torch.Tensor, directory: str | Path, labels: torch
     for i, image in enumerate(images_uint8):
         suffix = "" if labels is None else f"_class{int(labels[i])}"
         path = directory / f"{i:06d}{suffix}.png"
-        torchvision.io.write_png(image.cpu(), str(path))
+        Image.fromarray(image.cpu().permute(1, 2, 0).squeeze(-1).numpy()).save(path)
         paths.append(path)
     return paths
 
 
 def save_gif(images_uint8: torch.Tensor, path: str | Path, duration_ms: int = 80) -> None:
     """An animated GIF, one frame per image (a latent walk)."""
-    from PIL import Image
-
     frames = [Image.fromarray(img.permute(1, 2, 0).squeeze(-1).numpy()) for img in images_uint8.cpu()]
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)

@@ -51,7 +51,13 @@ from ganforge.training.checkpoint import (
     save_tensors,
     unflatten_state,
 )
-from ganforge.training.distributed import DistContext, init_distributed, shutdown_distributed
+from ganforge.training.distributed import (
+    DistContext,
+    convert_sync_batchnorm,
+    init_distributed,
+    rank_failure,
+    shutdown_distributed,
+)
 from ganforge.training.rundir import RunDir
 
 # Indices into the on-device statistics accumulator (summed per step, read every log_every steps).
@@ -129,11 +135,17 @@ def train(
     resume_overrides: list[str] | None = None,
 ) -> TrainResult:
     """Train ``cfg`` into a run directory (``out`` or ``runs/<recipe>-<time>``), or continue ``resume``."""
-    ctx = init_distributed(cfg.train.device)
     try:
-        return _Trainer(cfg, ctx, out, resume, overwrite, resume_overrides or []).run()
-    finally:
-        shutdown_distributed()
+        ctx = init_distributed(cfg.train.device)
+        try:
+            return _Trainer(cfg, ctx, out, resume, overwrite, resume_overrides or []).run()
+        finally:
+            shutdown_distributed()
+    except Exception as exc:
+        report = rank_failure(exc)  # under torchrun: names the rank, and is what torchrun's summary shows
+        if report is exc:
+            raise
+        raise report from None
 
 
 class _Trainer:
@@ -153,6 +165,10 @@ class _Trainer:
         if tcfg.precision == "bf16" and self.device.type == "mps":
             raise ConfigError("train.precision=bf16 is not supported on mps; use fp32")
         self.loss = LOSSES.get(cfg.loss.name)
+        if resume is None:
+            out = out if out is not None else RunDir.default_path(cfg.recipe)
+            if ctx.is_main:  # refuse to touch an existing run before spending time on data and models
+                RunDir(out).check_new(overwrite)
 
         # Initial weights depend on the seed alone (built before anything else draws random numbers).
         random.seed(tcfg.seed)
@@ -164,10 +180,16 @@ class _Trainer:
         self._check_labels()
         if ctx.enabled and self.loader.num_images < ctx.world_size:
             raise ConfigError(f"{ctx.world_size} processes but only {self.loader.num_images} images")
+        last = 0 if tcfg.drop_last else self.loader.num_images % tcfg.batch_size
+        if ctx.enabled and 0 < last < ctx.world_size:  # a rank with an empty shard has no batch mean
+            raise ConfigError(
+                f"the last batch of each epoch has {last} image(s) for {ctx.world_size} processes, so some "
+                "would get none: set --set train.drop_last=true, or change --batch-size or data.max_images"
+            )
 
-        if tcfg.sync_batchnorm and ctx.enabled:
-            generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
-            discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(discriminator)
+        if tcfg.sync_batchnorm and ctx.enabled:  # BatchNorm statistics over the global batch (also on CPU)
+            generator = convert_sync_batchnorm(generator)
+            discriminator = convert_sync_batchnorm(discriminator)
         memory_format = torch.channels_last if tcfg.channels_last else torch.contiguous_format
         self.generator_core = generator.to(self.device, memory_format=memory_format)
         self.discriminator_core = discriminator.to(self.device, memory_format=memory_format)
@@ -187,8 +209,11 @@ class _Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.generator = DDP(self.generator_core, device_ids=ids)
-            self.discriminator = DDP(self.discriminator_core, device_ids=ids)
+            # SyncBatchNorm keeps the running statistics equal on every rank already; without it DDP
+            # copies rank 0's BatchNorm buffers to the others at each forward.
+            broadcast = not tcfg.sync_batchnorm
+            self.generator = DDP(self.generator_core, device_ids=ids, broadcast_buffers=broadcast)
+            self.discriminator = DDP(self.discriminator_core, device_ids=ids, broadcast_buffers=broadcast)
         # The G step scores fakes with the plain D: its parameter gradients are not needed (and DDP must
         # not all-reduce them), only the gradient flowing back into G.
         self.discriminator_for_g: nn.Module = self.discriminator_core
@@ -220,7 +245,7 @@ class _Trainer:
                     {"kind": "resume", "step": self.state.step, "from": str(resume), "overrides": resume_overrides}
                 )
         else:
-            self.run_dir = RunDir(out if out is not None else RunDir.default_path(cfg.recipe))
+            self.run_dir = RunDir(out)
             if ctx.is_main:
                 self.run_dir.create(overwrite=overwrite)
         if ctx.is_main:

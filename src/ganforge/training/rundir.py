@@ -66,16 +66,25 @@ class RunDir:
     def default_path(recipe: str) -> Path:
         return Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
 
-    def create(self, overwrite: bool) -> None:
-        """Make a fresh run directory; an existing non-empty one is kept unless ``overwrite``."""
+    def check_new(self, overwrite: bool) -> None:
+        """Fail early (before any data is loaded) if ``create`` would refuse."""
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"--out {self.path} is a file; choose a directory path")
+        if self.path.is_dir() and any(self.path.iterdir()) and not overwrite:
+            raise ConfigError(
+                f"run directory {self.path} already exists; continue it with --resume {self.path}, "
+                "start over with --overwrite, or choose another --out"
+            )
+        parent = next((p for p in self.path.parents if p.exists()), Path("."))
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise GanforgeError(
+                f"cannot write the run directory {self.path} (no writable parent); choose another --out"
+            )
+
+    def create(self, overwrite: bool) -> None:
+        """Make a fresh run directory; an existing non-empty one is kept unless ``overwrite``."""
+        self.check_new(overwrite)
         if self.path.is_dir() and any(self.path.iterdir()):
-            if not overwrite:
-                raise ConfigError(
-                    f"run directory {self.path} already exists; continue it with --resume {self.path}, "
-                    "start over with --overwrite, or choose another --out"
-                )
             shutil.rmtree(self.path)
         try:
             self.samples.mkdir(parents=True, exist_ok=True)

@@ -3,17 +3,24 @@
 Under ``torchrun`` the environment carries RANK, LOCAL_RANK, WORLD_SIZE and
 MASTER_ADDR/MASTER_PORT; we read them, start NCCL on CUDA or gloo on CPU, and
 put each rank on its own device. Without them the context is a single process.
+
+Also here: a SyncBatchNorm that works on the CPU too (PyTorch's is GPU-only), and
+the failure report torchrun's summary shows (the failing rank's own message).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import time
+import traceback
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
-from ganforge.errors import ConfigError
+from ganforge.errors import ConfigError, GanforgeError
 
 
 def select_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
@@ -61,6 +68,13 @@ class DistContext:
         start = self.rank * base + min(self.rank, extra)
         return slice(start, start + base + (1 if self.rank < extra else 0))
 
+    def shard_weight(self, n: int) -> float:
+        """Factor for this rank's batch-mean loss so that DDP's average of the ranks' gradients is the
+        gradient of the mean over the global batch of ``n``: ``b_rank * world_size / n`` (1.0 when the
+        shards are equal; an uneven last batch gets its exact single-process gradient)."""
+        shard = self.shard(n)
+        return (shard.stop - shard.start) * self.world_size / n
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
@@ -107,3 +121,126 @@ def init_distributed(requested_device: str = "auto") -> DistContext:
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Differentiable sum over ranks: the gradient of a sum is the sum of the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, tensor: torch.Tensor, group: object) -> torch.Tensor:
+        ctx.group = group
+        tensor = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+        return tensor
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _AllReduceSum.apply(grad, ctx.group), None
+
+
+class SyncBatchNorm(nn.SyncBatchNorm):
+    """``nn.SyncBatchNorm`` that also synchronises CPU tensors (over gloo).
+
+    PyTorch's kernels for it are GPU-only; on the CPU we compute the same global-batch statistics
+    with two differentiable all-reduces (sum and count, then the centred sum of squares), so the
+    gradients flow through the statistics exactly as in one process holding the whole batch.
+    State-dict keys are BatchNorm's: checkpoints load into plain BatchNorm and back.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.device.type != "cpu" or not self.training or not (dist.is_available() and dist.is_initialized()):
+            return super().forward(input)
+        group = self.process_group or dist.group.WORLD
+        if dist.get_world_size(group) == 1:
+            return super().forward(input)
+        self._check_input_dim(input)
+        self._check_non_zero_input_channels(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                factor = 1.0 / float(self.num_batches_tracked)
+        x = input.float()  # [B, C, *]
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)  # broadcast a [C] vector over [B, C, *]
+        count = x.new_full((1,), x.numel() // x.shape[1])  # values per channel on this rank
+        totals = _AllReduceSum.apply(torch.cat([x.sum(dims), count]), group)  # [C + 1]
+        n = totals[-1].detach().clamp(min=1.0)
+        mean = totals[:-1] / n  # [C]
+        centred = x - mean.view(shape)
+        var = _AllReduceSum.apply((centred * centred).sum(dims), group) / n  # [C], biased
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.weight is not None:
+            out = out * self.weight.view(shape)
+        if self.bias is not None:
+            out = out + self.bias.view(shape)
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            with torch.no_grad():
+                unbiased = var.detach() * n / (n - 1).clamp(min=1.0)
+                self.running_mean.mul_(1.0 - factor).add_(mean.detach(), alpha=factor)
+                self.running_var.mul_(1.0 - factor).add_(unbiased, alpha=factor)
+        return out.to(input.dtype)
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Every BatchNorm layer of ``module`` as a (CPU-capable) :class:`SyncBatchNorm`, sharing its tensors."""
+    module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for child in module.modules():
+        if type(child) is nn.SyncBatchNorm:
+            child.__class__ = SyncBatchNorm  # adds no state: only the forward differs
+    return module
+
+
+class DistributedError(GanforgeError):
+    """This rank stopped because another rank of the job failed (that rank's message says why)."""
+
+
+def peer_failure(exc: BaseException) -> bool:
+    """True for the error a rank gets when another rank died under it (a collective lost its peer)."""
+    if isinstance(exc, GanforgeError):
+        return False
+    dist_error = getattr(dist, "DistError", None)
+    text = str(exc).lower()
+    markers = ("connection closed by peer", "connection reset by peer", "broken pipe", "socket closed")
+    return (dist_error is not None and isinstance(exc, dist_error)) or any(m in text for m in markers)
+
+
+def record_failure(exc: BaseException) -> None:
+    """Under torchrun: write this rank's error where the elastic agent reads it, so the summary it prints
+    at the end names the failing rank's own message as the root cause.
+
+    A user error (``GanforgeError``) is recorded as its one-line message, anything else with its
+    traceback. An error that is only the consequence of another rank dying is stamped one second
+    later, so torchrun's "first observed failure" is the rank that failed first, not its peers.
+    """
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return
+    message = f"{type(exc).__name__}: {exc}"
+    detail = message if isinstance(exc, GanforgeError) else traceback.format_exc()
+    stamp = int(time.time()) + (1 if peer_failure(exc) else 0)
+    data = {"message": {"message": message, "extraInfo": {"py_callstack": detail, "timestamp": str(stamp)}}}
+    try:
+        with open(path, "w") as handle:
+            json.dump(data, handle)
+    except OSError:  # reporting must never hide the error itself
+        pass
+
+
+def rank_failure(exc: Exception) -> Exception:
+    """The error a rank of a torchrun job reports for ``exc`` (itself in a single process).
+
+    A user error gets a ``rank R/W:`` prefix; a collective that failed because a peer died becomes a
+    one-line ``DistributedError`` saying so (the traceback would only point at the wrong rank). Either
+    way it is recorded for torchrun's summary.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return exc
+    rank = os.environ.get("RANK", "0")
+    if peer_failure(exc):
+        exc = DistributedError(f"rank {rank}/{world}: stopped because another process failed ({exc})")
+    elif isinstance(exc, GanforgeError) and not str(exc).startswith("rank "):
+        exc.args = (f"rank {rank}/{world}: {exc}", *exc.args[1:])
+    record_failure(exc)
+    return exc

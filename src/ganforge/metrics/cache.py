@@ -1,0 +1,152 @@
+"""Where metrics keep what is expensive to recompute: trained evaluators and real-set statistics.
+
+Both live under ``ganforge.data.cache_dir()`` (``$GANFORGE_CACHE``, else the XDG cache), in
+``evaluators/`` and ``real-stats/``. Real statistics are keyed by everything that changes them:
+the data's content fingerprint, the split, the extractor's identity (which includes a hash of its
+weights) and the preprocessing, so a retrained evaluator or a changed dataset never reuses stale
+numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ganforge.metrics.core import FeatureSet
+
+logger = logging.getLogger("ganforge.metrics")
+
+# Bump when feature extraction or the stored layout changes: old entries then stop matching.
+STATS_FORMAT = 1
+
+
+def cache_root() -> Path:
+    """The user's ganforge cache (tests monkeypatch this function to a temporary folder)."""
+    try:
+        from ganforge.data import cache_dir
+    except ImportError:  # the data package is optional for pure-metric use; mirror its rule
+        if os.environ.get("GANFORGE_CACHE"):
+            return Path(os.environ["GANFORGE_CACHE"]).expanduser()
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+        return base / "ganforge"
+    return Path(cache_dir())
+
+
+def evaluators_dir() -> Path:
+    return cache_root() / "evaluators"
+
+
+def stats_dir() -> Path:
+    return cache_root() / "real-stats"
+
+
+def short_hash(payload: Any, length: int = 20) -> str:
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def index_digest(index: torch.Tensor) -> str:
+    """Which real images were used (a subset, or one half for real-vs-real) as a short hash."""
+    return hashlib.sha256(index.to(torch.int64).cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def real_stats_key(
+    fingerprint: str,
+    split: str,
+    extractor_identity: str,
+    preprocessing: dict[str, Any],
+    subset: str,
+) -> str:
+    """Cache key of a real set's features: changes whenever any input that shapes them changes."""
+    return short_hash(
+        {
+            "format": STATS_FORMAT,
+            "fingerprint": fingerprint,
+            "split": split,
+            "extractor": extractor_identity,
+            "preprocessing": preprocessing,
+            "subset": subset,
+        }
+    )
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-") or "data"
+
+
+def stats_path(dataset: str, extractor_name: str, key: str) -> Path:
+    return stats_dir() / f"{_safe(dataset)}-{_safe(extractor_name)}-{key}.safetensors"
+
+
+def load_real_stats(path: Path, key: str) -> FeatureSet | None:
+    """The cached real features, or None when missing, foreign or unreadable (then recomputed)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("key") != key or meta.get("format") != str(STATS_FORMAT):
+                return None
+            names = set(f.keys())
+            feats = FeatureSet(
+                f.get_tensor("features"),
+                f.get_tensor("probs") if "probs" in names else None,
+                f.get_tensor("labels") if "labels" in names else None,
+            )
+            feats._stats = (f.get_tensor("mean"), f.get_tensor("cov"))
+            return feats
+    except Exception as e:  # a truncated file is only a cache miss
+        logger.warning("ignoring unreadable real-statistics cache %s (%s)", path, e)
+        return None
+
+
+def save_real_stats(path: Path, key: str, feats: FeatureSet, info: dict[str, Any]) -> None:
+    """Atomic write (temp file + rename): an interrupted run never leaves a half file behind."""
+    from safetensors.torch import save_file
+
+    mean, cov = feats.stats()
+    tensors = {"features": feats.features.contiguous(), "mean": mean.contiguous(), "cov": cov.contiguous()}
+    if feats.probs is not None:
+        tensors["probs"] = feats.probs.contiguous()
+    if feats.labels is not None:
+        tensors["labels"] = feats.labels.contiguous()
+    meta = {"key": key, "format": str(STATS_FORMAT), "info": json.dumps(info, sort_keys=True, default=str)}
+    write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def write_atomic(path: Path, write: Any, strict: bool = False) -> None:
+    """Write via ``write(tmp_path)`` then rename; ``strict`` turns a failed write into a user error."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        write(tmp)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:  # a read-only cache costs speed, not correctness
+        if strict:
+            from ganforge.errors import GanforgeError
+
+            raise GanforgeError(f"cannot write {path} ({e}); set GANFORGE_CACHE to a writable folder") from None
+        logger.warning("could not write %s (%s); set GANFORGE_CACHE to a writable folder", path, e)
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)

@@ -188,8 +188,8 @@ class _Trainer:
             )
 
         if tcfg.sync_batchnorm and ctx.enabled:  # BatchNorm statistics over the global batch (also on CPU)
-            generator = convert_sync_batchnorm(generator)
-            discriminator = convert_sync_batchnorm(discriminator)
+            generator = convert_sync_batchnorm(generator, self.device)
+            discriminator = convert_sync_batchnorm(discriminator, self.device)
         memory_format = torch.channels_last if tcfg.channels_last else torch.contiguous_format
         self.generator_core = generator.to(self.device, memory_format=memory_format)
         self.discriminator_core = discriminator.to(self.device, memory_format=memory_format)
@@ -209,11 +209,10 @@ class _Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # SyncBatchNorm keeps the running statistics equal on every rank already; without it DDP
-            # copies rank 0's BatchNorm buffers to the others at each forward.
-            broadcast = not tcfg.sync_batchnorm
-            self.generator = DDP(self.generator_core, device_ids=ids, broadcast_buffers=broadcast)
-            self.discriminator = DDP(self.discriminator_core, device_ids=ids, broadcast_buffers=broadcast)
+            # DDP copies rank 0's buffers (BatchNorm running statistics) to the other ranks at each forward;
+            # with SyncBatchNorm they are equal on every rank already.
+            self.generator = DDP(self.generator_core, device_ids=ids)
+            self.discriminator = DDP(self.discriminator_core, device_ids=ids)
         # The G step scores fakes with the plain D: its parameter gradients are not needed (and DDP must
         # not all-reduce them), only the gradient flowing back into G.
         self.discriminator_for_g: nn.Module = self.discriminator_core
@@ -233,6 +232,7 @@ class _Trainer:
             self.grid_z, self.grid_labels = draw_noise(tcfg.grid_size, cfg.model.latent_dim, tcfg.seed + 1), None
 
         self.state = TrainState()
+        self._last_plot = -math.inf
         self.acc_epoch = torch.zeros(8, device=self.device, dtype=torch.float64)
         self.tracker = None
         if resume is not None:
@@ -289,6 +289,8 @@ class _Trainer:
             y_real = None  # labelled data, unconditional model: the labels are not an input
         stats = torch.zeros(8, device=self.device, dtype=torch.float64)
         stats[N_IMAGES] = n_global
+        # this rank's share of the global batch mean (1.0 unless the last batch splits unevenly over ranks)
+        w = self.ctx.shard_weight(n_global)
         if tcfg.g_update == "simultaneous":
             z, y_fake = self._draw(n_global)
             with self._autocast():
@@ -300,8 +302,8 @@ class _Trainer:
             self.opt_d.zero_grad(set_to_none=True)
             self.opt_g.zero_grad(set_to_none=True)
             # each loss differentiates only its own network's parameters, as two GradientTapes would
-            d_loss.backward(inputs=list(self.discriminator_core.parameters()), retain_graph=True)
-            g_loss.backward(inputs=list(self.generator_core.parameters()))
+            _weighted(d_loss, w).backward(inputs=list(self.discriminator_core.parameters()), retain_graph=True)
+            _weighted(g_loss, w).backward(inputs=list(self.generator_core.parameters()))
             self.opt_d.step()
             self.opt_g.step()
             self._update_ema()
@@ -317,7 +319,7 @@ class _Trainer:
                     torch.ones_like(d_fake),
                 ]
             ).double()
-            return stats
+            return _weighted_stats(stats, w)
 
         do_d = batch_index % tcfg.d_every == 0
         do_g = batch_index % tcfg.g_every == 0
@@ -336,7 +338,7 @@ class _Trainer:
                 logits_fake = D(x_fake_for_d, y_fake).float()  # [b]
             d_loss = self.loss.d_loss(logits_real, logits_fake)
             self.opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
+            _weighted(d_loss, w).backward()
             self.opt_d.step()
             stats[[D_LOSS, D_REAL, D_FAKE, N_D]] = torch.stack(
                 [
@@ -357,7 +359,7 @@ class _Trainer:
                     logits_fake_g = self.discriminator_for_g(x_fake, y_fake).float()  # [b]
                 g_loss = self.loss.g_loss(logits_fake_g)
                 self.opt_g.zero_grad(set_to_none=True)
-                g_loss.backward()
+                _weighted(g_loss, w).backward()
             finally:
                 self.discriminator_core.requires_grad_(True)
             self.opt_g.step()
@@ -365,7 +367,7 @@ class _Trainer:
             stats[[G_LOSS, D_FAKE_AFTER, N_G]] = torch.stack(
                 [g_loss.detach(), torch.sigmoid(logits_fake_g.detach()).mean(), torch.ones_like(g_loss)]
             ).double()
-        return stats
+        return _weighted_stats(stats, w)
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -442,6 +444,9 @@ class _Trainer:
         if window[N_D] + window[N_G] > 0 and state.step % tcfg.log_every:
             self._log_window(window, time.perf_counter() - window_start, per_epoch)
         if stopped is not None and state.batch_in_epoch > 0:
+            # every rank keeps the ranks' mean, which is what rank 0 saves: resuming on any number of
+            # processes then continues the same epoch statistics
+            self.acc_epoch = ctx.mean(self.acc_epoch)
             self._save_checkpoint(self.run_dir.latest)  # mid-epoch: the epoch end did not save one
         self._finish(stopped)
         return TrainResult(self.run_dir.path, state, stopped)
@@ -503,7 +508,10 @@ class _Trainer:
         if cfg.eval.every and ((epoch + 1) % cfg.eval.every == 0 or last_epoch):
             improved = self._evaluate(per_epoch)
         if ctx.is_main:
-            plot_training_curves(self.run_dir.read_records(), self.run_dir.loss_curves, title=cfg.recipe)
+            # redrawn each epoch, but at most every 10 s: on tiny datasets epochs take well under a second
+            if last_epoch or time.perf_counter() - self._last_plot > 10:
+                plot_training_curves(self.run_dir.read_records(), self.run_dir.loss_curves, title=cfg.recipe)
+                self._last_plot = time.perf_counter()
             if not _all_finite([self.generator_core, self.discriminator_core]):
                 raise DivergenceError(
                     f"training diverged: a weight became NaN/inf by epoch {epoch + 1} (step {self.state.step}); "
@@ -707,6 +715,19 @@ class _Trainer:
     def _print(self, message: str) -> None:
         if self.ctx.is_main:
             tqdm.write(message, file=sys.stdout)
+
+
+def _weighted(loss: torch.Tensor, w: float) -> torch.Tensor:
+    """``loss * w``, skipped when ``w`` is 1: under DDP the ranks' gradients of it average to the
+    gradient of the global batch mean even when the ranks' shards differ in size."""
+    return loss if w == 1.0 else loss * w
+
+
+def _weighted_stats(stats: torch.Tensor, w: float) -> torch.Tensor:
+    """The per-batch means of ``stats`` weighted like the losses, so their mean over ranks is global."""
+    if w != 1.0:
+        stats[[D_LOSS, D_REAL, D_FAKE, G_LOSS, D_FAKE_AFTER]] *= w
+    return stats
 
 
 def _fmt(value: float | None) -> str:

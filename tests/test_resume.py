@@ -1,0 +1,166 @@
+"""Exact resume, interrupts, kills at any instant, and the divergence guard."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ganforge.cli import main
+from ganforge.errors import DivergenceError
+from ganforge.losses import GanLoss
+from ganforge.training.checkpoint import load_tensors
+
+TINY = [
+    "--set",
+    "data.dataset=digits",
+    "--set",
+    "data.max_images=48",
+    "--batch-size",
+    "16",
+    "--set",
+    "train.progress=false",
+    "--set",
+    "train.log_every=2",
+]
+TINY_CGAN = [*TINY, "--set", "model.g_width=8", "--set", "model.d_width=8"]
+
+
+def checkpoint_tensors(run: Path) -> dict[str, torch.Tensor]:
+    tensors, meta, _ = load_tensors(run / "checkpoints" / "latest.safetensors")
+    return tensors
+
+
+def assert_identical_runs(a: Path, b: Path) -> None:
+    """Weights, optimiser moments and RNG states all bit-identical."""
+    ta, tb = checkpoint_tensors(a), checkpoint_tensors(b)
+    assert ta.keys() == tb.keys()
+    differing = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    assert not differing, differing[:5]
+
+
+@pytest.mark.parametrize("recipe,extra", [("mnist-mlp", TINY), ("mnist-cgan", TINY_CGAN)])
+def test_resume_at_epoch_boundary_is_bit_identical(tmp_path, recipe, extra):
+    assert main(["train", recipe, "--epochs", "3", "--out", str(tmp_path / "straight"), *extra]) == 0
+    assert main(["train", recipe, "--epochs", "1", "--out", str(tmp_path / "split"), *extra]) == 0
+    assert main(["train", "--resume", str(tmp_path / "split"), "--epochs", "3"]) == 0
+    assert_identical_runs(tmp_path / "straight", tmp_path / "split")
+
+
+@pytest.mark.parametrize("recipe,extra", [("mnist-mlp-bn", TINY), ("mnist-cgan", TINY_CGAN)])
+def test_resume_mid_epoch_is_bit_identical_and_logs_are_not_duplicated(tmp_path, recipe, extra):
+    import json
+
+    assert main(["train", recipe, "--epochs", "2", "--out", str(tmp_path / "straight"), *extra]) == 0
+    # stop after 4 of 6 steps (inside epoch 2), then continue with the limit lifted (an override on resume)
+    assert main(["train", recipe, "--epochs", "2", "--max-steps", "4", "--out", str(tmp_path / "split"), *extra]) == 0
+    assert main(["train", "--resume", str(tmp_path / "split"), "--max-steps", "0"]) == 0
+    assert_identical_runs(tmp_path / "straight", tmp_path / "split")
+    records = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if r["kind"] == "step"]
+    assert steps == sorted(set(steps)) == [2, 4, 6]
+    resumes = [r for r in records if r["kind"] == "resume"]
+    assert len(resumes) == 1 and resumes[0]["overrides"] == ["train.max_steps=0"]
+    assert json.loads((tmp_path / "split" / "config.json").read_text())["train"]["max_steps"] == 0
+
+
+def _train_process(out: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ganforge", "train", "mnist-mlp", "--out", str(out), *TINY, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def test_sigint_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
+    run = tmp_path / "run"
+    process = _train_process(run, "--epochs", "100000")
+    deadline = time.time() + 60
+    while not (run / "checkpoints" / "latest.safetensors").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "stopped by SIGINT" in out and f"ganforge train --resume {run}" in out
+    assert "Traceback" not in err
+    _, meta, _ = load_tensors(run / "checkpoints" / "latest.safetensors")
+    assert meta["state"]["step"] > 0
+    # and it continues from there
+    assert main(["train", "--resume", str(run), "--epochs", str(meta["state"]["epoch"] + 1)]) == 0
+
+
+def test_sigkill_at_any_instant_never_corrupts_latest(tmp_path):
+    """Kill training repeatedly at random instants while it runs (a checkpoint is written every 3
+    steps, so kills land in and around writes); each time `latest` must load and the run resume.
+    The final weights equal those of an uninterrupted run."""
+    epochs = "15"
+    assert main(["train", "mnist-mlp", "--epochs", epochs, "--out", str(tmp_path / "straight"), *TINY]) == 0
+    run = tmp_path / "killed"
+    latest = run / "checkpoints" / "latest.safetensors"
+    rng = random.Random(0)
+    kills = 0
+    for _attempt in range(5):
+        if latest.exists():
+            command = [sys.executable, "-m", "ganforge", "train", "--resume", str(run)]
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        else:
+            process = _train_process(run, "--overwrite", "--epochs", epochs)
+        # wait until this process is training (it wrote a checkpoint), then kill it at a random instant
+        seen = latest.stat().st_mtime_ns if latest.exists() else 0
+        deadline = time.time() + 60
+        while process.poll() is None and time.time() < deadline:
+            if latest.exists() and latest.stat().st_mtime_ns != seen:
+                break
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.6))
+        if process.poll() is not None:
+            break  # it finished before we could kill it
+        process.kill()
+        process.wait()
+        kills += 1
+        load_tensors(latest)  # raises CheckpointError if the kill left it torn
+    assert kills >= 3
+    assert main(["train", "--resume", str(run)]) == 0
+    assert_identical_runs(tmp_path / "straight", run)
+
+
+def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    from ganforge.config import apply_overrides
+    from ganforge.recipes import get_recipe
+    from ganforge.training.distributed import DistContext
+    from ganforge.training.loop import _Trainer
+
+    cfg = get_recipe("mnist-mlp")
+    apply_overrides(
+        cfg,
+        [
+            "data.dataset=digits",
+            "data.max_images=48",
+            "train.batch_size=16",
+            "train.progress=false",
+            "train.log_every=1",
+            "train.epochs=1",
+        ],
+    )
+    trainer = _Trainer(cfg, DistContext(), tmp_path / "run", None, False, [])
+    trainer.run()
+    good = checkpoint_tensors(tmp_path / "run")
+    trainer.cfg.train.epochs = 2
+    nan = float("nan")
+    trainer.loss = GanLoss(lambda r, f: (r.mean() + f.mean()) * nan, lambda f: f.mean() * nan, "broken")
+    with pytest.raises(
+        DivergenceError, match=r"d_loss, g_loss became nan by step 4 .*last good checkpoint is .*latest"
+    ):
+        trainer.run()
+    after = checkpoint_tensors(tmp_path / "run")
+    assert all(torch.equal(good[k], after[k]) for k in good)
+    assert all(torch.isfinite(t).all() for k, t in after.items() if t.is_floating_point())

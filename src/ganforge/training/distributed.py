@@ -4,7 +4,7 @@ Under ``torchrun`` the environment carries RANK, LOCAL_RANK, WORLD_SIZE and
 MASTER_ADDR/MASTER_PORT; we read them, start NCCL on CUDA or gloo on CPU, and
 put each rank on its own device. Without them the context is a single process.
 
-Also here: a SyncBatchNorm that works on the CPU too (PyTorch's is GPU-only), and
+Also here: a synchronised BatchNorm for the CPU (PyTorch's SyncBatchNorm is GPU-only), and
 the failure report torchrun's summary shows (the failing rank's own message).
 """
 
@@ -138,23 +138,23 @@ class _AllReduceSum(torch.autograd.Function):
         return _AllReduceSum.apply(grad, ctx.group), None
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
-    """``nn.SyncBatchNorm`` that also synchronises CPU tensors (over gloo).
+class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch, on the CPU (over gloo).
 
-    PyTorch's kernels for it are GPU-only; on the CPU we compute the same global-batch statistics
-    with two differentiable all-reduces (sum and count, then the centred sum of squares), so the
-    gradients flow through the statistics exactly as in one process holding the whole batch.
-    State-dict keys are BatchNorm's: checkpoints load into plain BatchNorm and back.
+    PyTorch's ``nn.SyncBatchNorm`` is GPU-only (its kernels, and DDP refuses it on CPU modules). Here the
+    same statistics come from two differentiable all-reduces (sum and count, then the centred sum of
+    squares), so gradients flow through them exactly as in one process holding the whole batch.
+    Outside training, or in a single process, it is plain BatchNorm. State-dict keys are BatchNorm's.
     """
 
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.device.type != "cpu" or not self.training or not (dist.is_available() and dist.is_initialized()):
-            return super().forward(input)
-        group = self.process_group or dist.group.WORLD
-        if dist.get_world_size(group) == 1:
+        if not self.training or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return super().forward(input)
         self._check_input_dim(input)
-        self._check_non_zero_input_channels(input)
         factor = 0.0 if self.momentum is None else self.momentum
         if self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
@@ -164,11 +164,11 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)  # broadcast a [C] vector over [B, C, *]
         count = x.new_full((1,), x.numel() // x.shape[1])  # values per channel on this rank
-        totals = _AllReduceSum.apply(torch.cat([x.sum(dims), count]), group)  # [C + 1]
+        totals = _AllReduceSum.apply(torch.cat([x.sum(dims), count]), dist.group.WORLD)  # [C + 1]
         n = totals[-1].detach().clamp(min=1.0)
         mean = totals[:-1] / n  # [C]
         centred = x - mean.view(shape)
-        var = _AllReduceSum.apply((centred * centred).sum(dims), group) / n  # [C], biased
+        var = _AllReduceSum.apply((centred * centred).sum(dims), dist.group.WORLD) / n  # [C], biased
         out = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.weight is not None:
             out = out * self.weight.view(shape)
@@ -182,12 +182,23 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         return out.to(input.dtype)
 
 
-def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Every BatchNorm layer of ``module`` as a (CPU-capable) :class:`SyncBatchNorm`, sharing its tensors."""
-    module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    for child in module.modules():
-        if type(child) is nn.SyncBatchNorm:
-            child.__class__ = SyncBatchNorm  # adds no state: only the forward differs
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm layer of ``module`` synchronised over the ranks, sharing its tensors:
+    ``nn.SyncBatchNorm`` on GPUs, :class:`CpuSyncBatchNorm` on the CPU."""
+    if device.type != "cpu":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CpuSyncBatchNorm):
+        converted = CpuSyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
+        if module.affine:
+            converted.weight, converted.bias = module.weight, module.bias
+        converted.running_mean, converted.running_var = module.running_mean, module.running_var
+        converted.num_batches_tracked = module.num_batches_tracked
+        converted.train(module.training)
+        return converted
+    for name, child in module.named_children():
+        module.add_module(name, convert_sync_batchnorm(child, device))
     return module
 
 

@@ -96,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=textwrap.dedent(EXAMPLES["generate"]),
     )
     gen.add_argument("checkpoint", type=Path, help="run directory or .safetensors checkpoint")
-    gen.add_argument("--num", type=int, help="number of images (default: the recipe's sample.num)")
+    gen.add_argument(
+        "--num", type=int, help="number of images (default: the recipe's sample.num; with --per-class: per row)"
+    )
     gen.add_argument(
         "--out",
         default="samples.png",

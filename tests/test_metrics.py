@@ -194,6 +194,13 @@ def test_kid_subsets_match_loop_reference():
     assert se == pytest.approx(np.std(values, ddof=1) / math.sqrt(5), rel=1e-8)
 
 
+def test_kid_small_sets_use_varying_subsets():
+    g = torch.Generator().manual_seed(15)
+    x, y = torch.randn(40, 3, generator=g), torch.randn(40, 3, generator=g)
+    _, se = kernel_distance(x, y, num_subsets=20, subset_size=1000)
+    assert se > 1e-6  # not the spread of 20 copies of the same full set
+
+
 def test_kid_unbiased_for_same_distribution():
     g = torch.Generator().manual_seed(7)
     estimates = [
@@ -501,6 +508,15 @@ def test_label_map_reorders_classes(trained):
     clf = EXTRACTORS.get("classifier")(ex.ExtractorRequest(real=data))
     assert torch.equal(label_map(clf, ["c2", "c0", "c1"]), torch.tensor([2, 0, 1]))
     assert label_map(clf, ["c0", "zebra"]) is None
+
+
+def test_real_halves_are_not_aligned_with_the_heldout_split():
+    # Both halves must mix images the evaluator trained on and held out, in similar shares.
+    _, held = ev.heldout_split(1000, 0.2)
+    a, b = split_halves(1000, None)
+    share_a = len(set(a.tolist()) & set(held.tolist())) / len(a)
+    share_b = len(set(b.tolist()) & set(held.tolist())) / len(b)
+    assert 0.15 < share_a < 0.25 and 0.15 < share_b < 0.25
 
 
 def test_evaluate_orders_real_noise_and_labels(trained):

@@ -275,7 +275,7 @@ def classifier_extractor(req: ExtractorRequest) -> Extractor:
     real = req.real
     if real is None:
         raise ConfigError("the classifier extractor needs the real dataset it was (or will be) trained on")
-    log = req.log or logger.info
+    log = req.log or ev.progress
     info = ev.find_evaluator(real)
     if info is None and real.labels is not None and req.train_if_missing:
         info = ev.ensure_evaluator(real, req.device, epochs=req.epochs, hflip=req.hflip,

@@ -146,14 +146,19 @@ def kernel_distance(
     """Kernel (Inception) distance: unbiased MMD^2 with the cubic polynomial kernel, averaged over subsets.
 
     Each of ``num_subsets`` draws takes ``min(subset_size, N, M)`` samples from each set without
-    replacement. Returns ``(mean, standard error of the mean over subsets)``; the subsets overlap when
-    the sets are small, so the standard error is a lower bound on the real uncertainty.
+    replacement (half the smaller set when that is smaller than ``subset_size`` and there are several
+    subsets, so that the subsets differ). Returns ``(mean, standard error of the mean over subsets)``;
+    the subsets overlap, so the standard error is a lower bound on the real uncertainty.
     """
     x = _check_features(real, "real")  # [N, D]
     y = _check_features(fake, "fake")  # [M, D]
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"kernel_distance: feature sizes differ ({x.shape[1]} vs {y.shape[1]})")
     m = min(subset_size, x.shape[0], y.shape[0])
+    if m == min(x.shape[0], y.shape[0]) and num_subsets > 1 and m >= 4:
+        # Subsets as large as the smaller set would all be (nearly) that whole set: their spread, and so
+        # the standard error, would be ~0 and say nothing. Half-size subsets vary and stay unbiased.
+        m //= 2
     gen = torch.Generator().manual_seed(seed)
     # Kernel matrices over the full sets once, then index them per subset: far cheaper than recomputing
     # 3 GEMMs per subset whenever the full matrices fit (2 x 5000^2 float64 = 400 MB at most).
@@ -178,25 +183,28 @@ def kernel_distance(
     return float(t.mean()), se
 
 
-def _pairwise_distances(a: Tensor, b: Tensor, chunk: int = 2048) -> Tensor:
-    """Euclidean distances ``[N, D] x [M, D] -> [N, M]`` (float64), chunked to bound the temporaries."""
-    return torch.cat([torch.cdist(a[i : i + chunk], b) for i in range(0, a.shape[0], chunk)])
+def _knn_radii(x: Tensor, k: int, chunk: int = 1024) -> Tensor:
+    """Distance from each sample to its k-th nearest neighbour in the same set ``[N]`` (itself excluded).
 
-
-def _knn_radii(x: Tensor, k: int) -> Tensor:
-    """Distance from each sample to its k-th nearest neighbour in the same set ``[N]`` (itself excluded)."""
+    Row chunks keep memory at ``chunk x N`` distances instead of ``N x N``.
+    """
     if x.shape[0] <= k:
         raise ValueError(f"precision_recall: need more than k={k} samples per set, got {x.shape[0]}")
-    d = _pairwise_distances(x, x)  # [N, N]
-    # The sample itself sits at distance 0 and is the smallest entry, so the k-th neighbour is the (k+1)-th.
-    return d.kthvalue(k + 1, dim=1).values  # [N]
+    radii = []
+    for i in range(0, x.shape[0], chunk):
+        d = torch.cdist(x[i : i + chunk], x)  # [c, N]
+        # The sample itself sits at distance 0, the smallest entry, so the k-th neighbour is the (k+1)-th.
+        radii.append(d.kthvalue(k + 1, dim=1).values)  # [c]
+    return torch.cat(radii)  # [N]
 
 
-def _manifold_share(points: Tensor, support: Tensor, radii: Tensor) -> float:
+def _manifold_share(points: Tensor, support: Tensor, radii: Tensor, chunk: int = 1024) -> float:
     """Share of ``points`` that fall inside at least one ball (support[i], radii[i])."""
-    d = _pairwise_distances(points, support)  # [P, S]
-    inside = (d <= radii.unsqueeze(0)).any(dim=1)  # [P]
-    return float(inside.double().mean())
+    inside = []
+    for i in range(0, points.shape[0], chunk):
+        d = torch.cdist(points[i : i + chunk], support)  # [c, S]
+        inside.append((d <= radii.unsqueeze(0)).any(dim=1))  # [c]
+    return float(torch.cat(inside).double().mean())
 
 
 def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, float]:
@@ -255,7 +263,7 @@ def class_coverage(probs_or_preds: Tensor, num_classes: int | None = None) -> tu
             raise ValueError("class_coverage: pass num_classes with predicted indices")
     counts = torch.bincount(preds.cpu(), minlength=num_classes).double()  # [K]
     freq = counts / counts.sum()  # [K]
-    entropy = float(-torch.special.xlogy(freq, freq).sum())
+    entropy = max(0.0, float(-torch.special.xlogy(freq, freq).sum()))  # max: no "-0.0" for one class
     normalised = entropy / math.log(num_classes) if num_classes > 1 else 1.0
     return entropy, normalised
 

@@ -39,18 +39,25 @@ logger = logging.getLogger("ganforge.metrics")
 Sampler = Callable[[int], tuple[Tensor, "Tensor | None"]]
 
 
+def _subset_generator(seed: int) -> torch.Generator:
+    # Offset from the evaluator's held-out split (a seed-0 permutation of the same images): with the same
+    # seed, the first real-vs-real half would hold every held-out image and the second none, and the
+    # classifier's features differ between images it trained on and images it did not.
+    return torch.Generator().manual_seed(0x5EED_0000 + seed)
+
+
 def subset_index(n: int, num: int | None, seed: int = 0) -> Tensor:
     """Which real images to use: all of them, or a fixed-seed random ``num`` (sorted, for locality)."""
     if num is None or num >= n:
         return torch.arange(n)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))  # [n]
+    perm = torch.randperm(n, generator=_subset_generator(seed))  # [n]
     return perm[:num].sort().values  # [num]
 
 
 def split_halves(n: int, num: int | None, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Two disjoint fixed-seed random subsets of ``min(num, n // 2)`` images each (real-vs-real)."""
     half = n // 2 if num is None else min(num, n // 2)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))  # [n]
+    perm = torch.randperm(n, generator=_subset_generator(seed))  # [n]
     return perm[:half].sort().values, perm[half : 2 * half].sort().values
 
 

@@ -10,6 +10,7 @@ the failure report torchrun's summary shows (the failing rank's own message).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import time
@@ -97,24 +98,41 @@ class DistContext:
 
 
 def init_distributed(requested_device: str = "auto") -> DistContext:
-    """Read torchrun's environment; start the process group when WORLD_SIZE > 1."""
+    """Read torchrun's environment; start the process group when WORLD_SIZE > 1.
+
+    The group then lives as long as the process (it is shut down at exit), and a later call reuses it:
+    re-creating it inside one torchrun job meets the first group's rendezvous keys in torchrun's store
+    and can hang, and a rank that fails must not close it before its error message is out.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    if world_size > 1 and local_world > 1 and requested_device.startswith("cuda:"):
+        raise ConfigError(
+            f"--device {requested_device} would put all {local_world} processes of this node on one GPU; "
+            "under torchrun use --device cuda (each process takes the GPU of its LOCAL_RANK) and choose the "
+            "GPUs with CUDA_VISIBLE_DEVICES"
+        )
     device = select_device(requested_device, local_rank)
+    if world_size > 1 and requested_device == "auto" and device.type == "mps":
+        device = torch.device("cpu")  # no process-group backend for MPS: several processes train on the CPU
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
-            if torch.cuda.device_count() < int(os.environ.get("LOCAL_WORLD_SIZE", world_size)):
+            if torch.cuda.device_count() < local_world:
                 raise ConfigError(
-                    f"{os.environ.get('LOCAL_WORLD_SIZE', world_size)} processes on this node but only "
-                    f"{torch.cuda.device_count()} GPU(s); use --nproc-per-node {torch.cuda.device_count()}"
+                    f"{local_world} processes on this node but only {torch.cuda.device_count()} GPU(s); "
+                    f"use --nproc-per-node {torch.cuda.device_count()}"
                 )
             torch.cuda.set_device(device)
             dist.init_process_group("nccl", device_id=device)
         elif device.type == "cpu":
             dist.init_process_group("gloo")
         else:
-            raise ConfigError(f"distributed training supports cuda and cpu devices, not {device.type}")
+            raise ConfigError(
+                f"distributed training runs on cuda (NCCL) or cpu (gloo), not {device.type}: use --device cpu"
+            )
+        atexit.register(shutdown_distributed)
     return DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 
@@ -221,15 +239,17 @@ def record_failure(exc: BaseException) -> None:
     at the end names the failing rank's own message as the root cause.
 
     A user error (``GanforgeError``) is recorded as its one-line message, anything else with its
-    traceback. An error that is only the consequence of another rank dying is stamped one second
-    later, so torchrun's "first observed failure" is the rank that failed first, not its peers.
+    traceback. torchrun names the failure with the earliest whole-second stamp the root cause, ties
+    going to the lowest rank, and stamps ranks it had to stop itself with the time it stopped them.
+    So a rank's own failure is stamped a second early and the consequence of another rank dying a
+    second late: the root cause is the rank that failed, not rank 0 or a peer that lost it.
     """
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not path or isinstance(exc, (KeyboardInterrupt, SystemExit)):
         return
     message = f"{type(exc).__name__}: {exc}"
     detail = message if isinstance(exc, GanforgeError) else traceback.format_exc()
-    stamp = int(time.time()) + (1 if peer_failure(exc) else 0)
+    stamp = int(time.time()) + (1 if peer_failure(exc) else -1)
     data = {"message": {"message": message, "extraInfo": {"py_callstack": detail, "timestamp": str(stamp)}}}
     try:
         with open(path, "w") as handle:

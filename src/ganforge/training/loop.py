@@ -56,7 +56,6 @@ from ganforge.training.distributed import (
     convert_sync_batchnorm,
     init_distributed,
     rank_failure,
-    shutdown_distributed,
 )
 from ganforge.training.rundir import RunDir
 
@@ -136,11 +135,8 @@ def train(
 ) -> TrainResult:
     """Train ``cfg`` into a run directory (``out`` or ``runs/<recipe>-<time>``), or continue ``resume``."""
     try:
-        ctx = init_distributed(cfg.train.device)
-        try:
-            return _Trainer(cfg, ctx, out, resume, overwrite, resume_overrides or []).run()
-        finally:
-            shutdown_distributed()
+        ctx = init_distributed(cfg.train.device)  # under torchrun: the process group, kept until exit
+        return _Trainer(cfg, ctx, out, resume, overwrite, resume_overrides or []).run()
     except Exception as exc:
         report = rank_failure(exc)  # under torchrun: names the rank, and is what torchrun's summary shows
         if report is exc:

@@ -136,6 +136,11 @@ def init_distributed(requested_device: str = "auto") -> DistContext:
     return DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 
+def launched_by_torchrun() -> bool:
+    """True in a process that torchrun (the elastic agent) started, whatever the world size."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

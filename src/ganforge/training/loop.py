@@ -55,6 +55,7 @@ from ganforge.training.distributed import (
     DistContext,
     convert_sync_batchnorm,
     init_distributed,
+    launched_by_torchrun,
     rank_failure,
 )
 from ganforge.training.rundir import RunDir
@@ -86,6 +87,7 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._since = 0.0
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopFlag:
@@ -97,9 +99,13 @@ class _StopFlag:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:  # a second Ctrl-C: stop at once
-            raise KeyboardInterrupt
-        self.signum = signum
+        if self.signum is not None:
+            # torchrun passes on the Ctrl-C / SIGTERM that the terminal or the scheduler already sent
+            # to every process: that copy is not a second request
+            if launched_by_torchrun() and time.monotonic() - self._since < 2.0:
+                return
+            raise KeyboardInterrupt  # a second Ctrl-C: stop at once
+        self.signum, self._since = signum, time.monotonic()
 
     def __exit__(self, *exc: Any) -> None:
         for signum, handler in self._previous.items():

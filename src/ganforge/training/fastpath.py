@@ -1,0 +1,137 @@
+"""Kernel choices for training on a CPU, made once per run from the hardware; the maths stays the same.
+
+fp32 ``nn.Linear`` on x86 CPUs that are not Intel's: PyTorch sends fp32 matrix products to MKL's
+``sgemm``, which on other vendors' CPUs runs a slower code path (measured on a 2-core AMD EPYC with
+AVX-512: about 90 GFLOP/s per core, against about 190 for the same products through oneDNN, the
+library PyTorch already uses for its convolutions). ``use_onednn_linear`` switches the Linear layers
+of a model to ``OneDNNLinear``, which computes the forward and the weight gradient with oneDNN's fp32
+matmul and the input gradient with oneDNN or MKL, whichever is faster for the shape. Same
+parameters, same state_dict, same results up to float rounding (the summation order differs).
+
+``GANFORGE_CPU_LINEAR`` overrides the choice: ``onednn``, ``blas`` (PyTorch's own), or ``auto`` (the
+default: oneDNN on non-Intel x86 CPUs with AVX-512 when PyTorch has oneDNN).
+
+Channels-last on the CPU: conv models train channels-last there (``train.channels_last`` forces it on
+other devices too); ``GANFORGE_CPU_CHANNELS_LAST=0`` keeps the default layout, for comparisons.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ENV = "GANFORGE_CPU_LINEAR"
+# Below this many rows the input gradient stays with MKL: oneDNN would first need a transposed copy of
+# the weight, which costs as much as the product itself for small batches.
+_MIN_ROWS_FOR_ONEDNN_GRAD_INPUT = 48
+_MIN_OUT_FEATURES = 8  # a Linear(., 1) head is a matrix-vector product: nothing to win
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _onednn_available() -> bool:
+    return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def onednn_linear_wanted() -> bool:
+    """Whether fp32 Linear layers on the CPU should go through oneDNN here (see the module docstring)."""
+    choice = os.environ.get(ENV, "auto").strip().lower()
+    if choice == "blas" or not _onednn_available():
+        return False
+    if choice == "onednn":
+        return True
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    avx512 = "AVX512" in torch.backends.cpu.get_cpu_capability()
+    return x86 and avx512 and _cpu_vendor() not in ("GenuineIntel", "")
+
+
+def _mm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight.T + bias`` with oneDNN (x [m, k], weight [n, k], both contiguous fp32)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class _OneDNNLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _mm(x, weight, bias)  # [m, n]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()  # [m, n]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            if grad.shape[0] >= _MIN_ROWS_FOR_ONEDNN_GRAD_INPUT:
+                grad_x = _mm(grad, weight.t().contiguous(), None)  # [m, k]
+            else:
+                grad_x = grad.mm(weight)
+        if ctx.needs_input_grad[1]:
+            grad_w = _mm(grad.t().contiguous(), x.t().contiguous(), None)  # [n, k]
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(0)  # [n]
+        return grad_x, grad_w, grad_b
+
+
+class OneDNNLinear(nn.Linear):
+    """``nn.Linear`` whose fp32 CPU products run through oneDNN; anything else falls back to ``F.linear``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.weight.dtype == torch.float32
+            and x.dim() >= 2
+            and not _autocast_on()
+        ):
+            flat = x.reshape(-1, x.shape[-1]).contiguous()  # [m, in]
+            out = _OneDNNLinearFn.apply(flat, self.weight, self.bias)  # [m, out]
+            return out.view(*x.shape[:-1], out.shape[-1])
+        return F.linear(x, self.weight, self.bias)
+
+
+def _autocast_on() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+def use_onednn_linear(*modules: nn.Module) -> int:
+    """Switch every plain ``nn.Linear`` (with enough outputs) in ``modules`` to ``OneDNNLinear``;
+    returns how many. Parameters, buffers and state_dict keys are untouched."""
+    count = 0
+    for module in modules:
+        for m in module.modules():
+            if type(m) is nn.Linear and m.out_features >= _MIN_OUT_FEATURES:
+                m.__class__ = OneDNNLinear
+                count += 1
+    return count
+
+
+def cpu_channels_last_wanted(*modules: nn.Module) -> bool:
+    """Whether conv models should train channels-last on the CPU (measured faster in docs/performance.md)."""
+    if os.environ.get("GANFORGE_CPU_CHANNELS_LAST", "1").strip().lower() in ("0", "off", "false", "no"):
+        return False
+    return has_conv(*modules)
+
+
+def has_conv(*modules: nn.Module) -> bool:
+    """Whether any module holds a 2D (transposed) convolution (channels-last applies to those)."""
+    return any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for module in modules for m in module.modules())

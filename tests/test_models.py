@@ -20,6 +20,7 @@ ARCH_CONFIGS: dict[str, dict] = {
     "conv": {},
     "cdcgan": {"resolution": 64, "num_classes": 10},
     "dcgan96": {"resolution": 96, "channels": 3},
+    "dcgan28": {"latent_dim": 64, "num_classes": 10, "g_width": 32, "d_width": 32},  # mnist-quick
 }
 B = 3
 
@@ -158,6 +159,14 @@ SPEC_PARAMS: dict[str, tuple[int, int]] = {
 }
 
 
+# mnist-quick (ours, not a seed system): G Linear(64 + 10, 4w*7*7) bias-free, BN, ConvT(4w, 2w) bias-free, BN,
+# ConvT(2w, 1) with bias; D Conv(1, w) and Conv(w, 2w) with bias, Linear(2w*49, 1), Embedding(10, 2w*49); w = 32.
+SPEC_PARAMS["dcgan28"] = (
+    lin(74, 128 * 49, False) + bn(128) + conv(4, 128, 64, False) + bn(64) + conv(4, 64, 1, True),
+    conv(4, 1, 32, True) + conv(4, 32, 64, True) + lin(64 * 49, 1) + 10 * 64 * 49,
+)
+
+
 @pytest.mark.parametrize("arch", MODELS.names())
 def test_parameter_count_matches_spec(arch):
     assert arch in SPEC_PARAMS, f"write out the hand parameter count of {arch!r}"
@@ -173,6 +182,8 @@ def test_parameter_count_matches_spec(arch):
         ("conv", {"latent_dim": 32, "channels": 3}),
         ("cdcgan", {"latent_dim": 20, "num_classes": 3, "channels": 3, "g_width": 8, "d_width": 4}),
         ("dcgan96", {"latent_dim": 12, "channels": 1, "g_width": 8, "d_width": 4}),
+        ("dcgan28", {"latent_dim": 16, "num_classes": 0, "channels": 3, "g_width": 8, "d_width": 4}),
+        ("dcgan28", {"latent_dim": 16, "num_classes": 3, "g_width": 4, "d_width": 8}),
     ],
 )
 def test_free_sizes_follow_the_config(arch, overrides):
@@ -266,6 +277,7 @@ def test_bad_tensor_shapes_are_rejected():
         ("cdcgan", {"num_classes": 0}, "model.num_classes"),
         ("mlp", {"num_classes": 10}, "cdcgan"),
         ("dcgan96", {"num_classes": 10}, "model.num_classes=0"),
+        ("dcgan28", {"resolution": 32}, "model.resolution=28"),
         ("mlp", {"g_width": 128}, "model.g_width=64"),
         ("conv", {"d_width": 32}, "model.d_width=64"),
         ("mlp", {"init": "xavier"}, "model.init"),

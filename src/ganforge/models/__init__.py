@@ -18,6 +18,7 @@ from ganforge.models.conv import ConvDiscriminator, ConvGenerator, build_conv
 from ganforge.models.dcgan import DCGANDiscriminator, DCGANGenerator, build_cdcgan, build_dcgan96
 from ganforge.models.init import dcgan_init_
 from ganforge.models.mlp import MLPDiscriminator, MLPGenerator, build_mlp, build_mlp_bn
+from ganforge.models.quick import QuickDiscriminator, QuickGenerator, build_dcgan28
 from ganforge.registry import Registry
 
 Builder = Callable[[ModelConfig], tuple[nn.Module, nn.Module]]
@@ -28,6 +29,7 @@ MODELS.register("mlp-bn")(build_mlp_bn)  # mnist-mlp-bn
 MODELS.register("conv")(build_conv)  # mnist-conv
 MODELS.register("cdcgan")(build_cdcgan)  # mnist-cgan
 MODELS.register("dcgan96")(build_dcgan96)  # anime-dcgan
+MODELS.register("dcgan28")(build_dcgan28)  # mnist-quick, digits-quick
 
 INITS = ("default", "dcgan")
 _POSITIVE = ("latent_dim", "channels", "resolution", "g_width", "d_width")
@@ -68,6 +70,8 @@ __all__ = [
     "Generator",
     "MLPDiscriminator",
     "MLPGenerator",
+    "QuickDiscriminator",
+    "QuickGenerator",
     "build_models",
     "dcgan_init_",
 ]

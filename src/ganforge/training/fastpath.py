@@ -4,9 +4,9 @@ fp32 ``nn.Linear`` on x86 CPUs that are not Intel's: PyTorch sends fp32 matrix p
 ``sgemm``, which on other vendors' CPUs runs a slower code path (measured on a 2-core AMD EPYC with
 AVX-512: about 90 GFLOP/s per core, against about 190 for the same products through oneDNN, the
 library PyTorch already uses for its convolutions). ``use_onednn_linear`` switches the Linear layers
-of a model to ``OneDNNLinear``, which computes the forward and the weight gradient with oneDNN's fp32
-matmul and the input gradient with oneDNN or MKL, whichever is faster for the shape. Same
-parameters, same state_dict, same results up to float rounding (the summation order differs).
+of a model to ``OneDNNLinear``, which computes the forward and both gradients with oneDNN's fp32 matmul
+(products too small to gain stay with MKL). Same parameters, same state_dict, same results up to
+float rounding (the summation order differs).
 
 ``GANFORGE_CPU_LINEAR`` overrides the choice: ``onednn``, ``blas`` (PyTorch's own), or ``auto`` (the
 default: oneDNN on non-Intel x86 CPUs with AVX-512 when PyTorch has oneDNN).
@@ -26,9 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 ENV = "GANFORGE_CPU_LINEAR"
-# Below this many rows the input gradient stays with MKL: oneDNN would first need a transposed copy of
-# the weight, which costs as much as the product itself for small batches.
-_MIN_ROWS_FOR_ONEDNN_GRAD_INPUT = 48
+# Products smaller than this many multiply-adds stay with MKL: oneDNN's per-call overhead (~10 us) wins there.
+_MIN_MACS = 1 << 21
 _MIN_OUT_FEATURES = 8  # a Linear(., 1) head is a matrix-vector product: nothing to win
 
 
@@ -60,9 +59,13 @@ def onednn_linear_wanted() -> bool:
     return x86 and avx512 and _cpu_vendor() not in ("GenuineIntel", "")
 
 
-def _mm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x @ weight.T + bias`` with oneDNN (x [m, k], weight [n, k], both contiguous fp32)."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+def _mm(a: torch.Tensor, b_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b_t.T (+ bias)``: oneDNN for products worth it, else ``torch.addmm``/``mm``. Both operands
+    may be transposed views: oneDNN reads the strides, so no copy is made."""
+    m, k = a.shape
+    if m * k * b_t.shape[0] >= _MIN_MACS:
+        return torch.ops.mkldnn._linear_pointwise(a, b_t, bias, "none", [], "")
+    return torch.addmm(bias, a, b_t.t()) if bias is not None else a.mm(b_t.t())
 
 
 class _OneDNNLinearFn(torch.autograd.Function):
@@ -74,16 +77,13 @@ class _OneDNNLinearFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
+        x, weight = ctx.saved_tensors  # [m, k], [n, k]
         grad = grad.contiguous()  # [m, n]
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            if grad.shape[0] >= _MIN_ROWS_FOR_ONEDNN_GRAD_INPUT:
-                grad_x = _mm(grad, weight.t().contiguous(), None)  # [m, k]
-            else:
-                grad_x = grad.mm(weight)
+            grad_x = _mm(grad, weight.t())  # [m, k] = grad @ weight
         if ctx.needs_input_grad[1]:
-            grad_w = _mm(grad.t().contiguous(), x.t().contiguous(), None)  # [n, k]
+            grad_w = _mm(grad.t(), x.t())  # [n, k] = grad.T @ x
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum(0)  # [n]
         return grad_x, grad_w, grad_b

@@ -211,7 +211,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         gan = load_gan(args.checkpoint, device)
         cfg = gan.config
         data_cfg = _data_config(cfg.data, args)
-        channels, resolution = cfg.model.channels, cfg.model.resolution
+        channels, resolution = ev.real_shape_for_evaluation(data_cfg.dataset, cfg.model.channels, cfg.model.resolution)
         extractor = args.extractor or cfg.eval.extractor
     else:
         if not args.dataset:

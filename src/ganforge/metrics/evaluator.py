@@ -403,6 +403,17 @@ def default_shape(dataset: str) -> tuple[int, int]:
     return DEFAULT_SHAPES.get(dataset, (3, 64))
 
 
+def real_shape_for_evaluation(dataset: str, channels: int, resolution: int) -> tuple[int, int]:
+    """The shape real images are loaded at to score a model of ``channels`` x ``resolution``.
+
+    Datasets with a native size (MNIST 28, CIFAR 32, ...) are scored at it, whatever the model's size,
+    so every recipe on one dataset is judged by the same evaluator and the same real statistics (the
+    generated images go through ``prepare_images`` to the evaluator's input size). Folders keep the
+    model's size.
+    """
+    return DEFAULT_SHAPES.get(dataset, (channels, resolution))
+
+
 def train_evaluator(
     data_cfg: DataConfig,
     channels: int | None = None,

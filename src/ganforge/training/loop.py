@@ -58,7 +58,13 @@ from ganforge.training.distributed import (
     launched_by_torchrun,
     rank_failure,
 )
-from ganforge.training.fastpath import cpu_channels_last_wanted, onednn_linear_wanted, use_onednn_linear
+from ganforge.training.fastpath import (
+    cpu_channels_last_wanted,
+    cpu_threads_wanted,
+    onednn_linear_wanted,
+    set_cpu_threads,
+    use_onednn_linear,
+)
 from ganforge.training.rundir import RunDir
 
 # Indices into the on-device statistics accumulator (summed per step, read every log_every steps).
@@ -193,6 +199,8 @@ class _Trainer:
         if tcfg.sync_batchnorm and ctx.enabled:  # BatchNorm statistics over the global batch (also on CPU)
             generator = convert_sync_batchnorm(generator, self.device)
             discriminator = convert_sync_batchnorm(discriminator, self.device)
+        if self.device.type == "cpu":  # small models train on one thread (fastpath.py: measured faster)
+            set_cpu_threads(cpu_threads_wanted(generator, discriminator, tcfg.batch_size))
         # channels-last: asked for, or a conv model on the CPU, where oneDNN runs it faster in fp32 and bf16
         # (docs/performance.md); the maths is the same, only the memory layout changes
         self.channels_last = tcfg.channels_last or (
@@ -569,7 +577,11 @@ class _Trainer:
             from ganforge.metrics import QualityTracker
 
             if self.tracker is None:
-                real = load_dataset(self.cfg.data, self.cfg.model.channels, self.cfg.model.resolution)
+                from ganforge.metrics.evaluator import real_shape_for_evaluation
+
+                model = self.cfg.model
+                shape = real_shape_for_evaluation(self.cfg.data.dataset, model.channels, model.resolution)
+                real = load_dataset(self.cfg.data, *shape)
                 self.tracker = QualityTracker(self.cfg, real, self.device)
             results = self.tracker(self._sample_for_eval)
             record = {

@@ -15,20 +15,26 @@ Channels-last on the CPU: conv models train channels-last there (``train.channel
 other devices too); ``GANFORGE_CPU_CHANNELS_LAST=0`` keeps the default layout, for comparisons.
 
 Threads on the CPU: a small model's step (under ``SMALL_STEP_FLOPS`` forward FLOPs of G and D per batch:
-mnist-mlp, mnist-mlp-bn, mnist-conv, mnist-quick, digits-*) trains on one thread. Its operations are
+mnist-mlp, mnist-mlp-bn, mnist-quick, digits-*) trains on one thread. Its operations are
 too small to split well (a second thread gained 10-40% on an idle 2-core CPU), and when anything
 else runs on the machine, OpenMP threads that wait for a descheduled partner make every operation
 4-8 times slower (measured: mnist-mlp 5,700 -> 1,150 images/s with two threads, while one thread
 kept 5,100). Larger models keep torch's thread count. The choice depends only on the model and the
 batch size, so resumed runs use the same threads (and round the same way) as the run they continue.
-``GANFORGE_CPU_THREADS=N`` (or ``OMP_NUM_THREADS``) sets the count instead.
+A small model whose results are bit-identical at any thread count (checked at start:
+``same_results_at_any_thread_count``; true for mnist-mlp) instead lets ``ThreadTuner`` switch between
+one thread and torch's count while it trains, by measured step time. ``GANFORGE_CPU_THREADS=N`` (or
+``OMP_NUM_THREADS``) sets the count instead.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import platform
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -135,7 +141,7 @@ def use_onednn_linear(*modules: nn.Module) -> int:
 
 
 THREADS_ENV = "GANFORGE_CPU_THREADS"
-SMALL_STEP_FLOPS = 4e9  # forward FLOPs of G and D over one batch
+SMALL_STEP_FLOPS = 1.5e9  # forward FLOPs of G and D over one batch
 _BASELINE_THREADS: int | None = None  # torch's thread count before ganforge first changed it
 
 
@@ -168,14 +174,86 @@ def cpu_threads_wanted(generator: nn.Module, discriminator: nn.Module, batch: in
     return None
 
 
-def set_cpu_threads(threads: int | None) -> None:
-    """``torch.set_num_threads(threads)``; None restores the count torch had before ganforge changed it."""
+def baseline_cpu_threads() -> int:
+    """torch's intra-op thread count before ganforge first changed it."""
     global _BASELINE_THREADS
     if _BASELINE_THREADS is None:
         _BASELINE_THREADS = torch.get_num_threads()
-    target = threads if threads is not None else _BASELINE_THREADS
+    return _BASELINE_THREADS
+
+
+def set_cpu_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)``; None restores the count torch had before ganforge changed it."""
+    baseline = baseline_cpu_threads()  # captured before the first change
+    target = threads if threads is not None else baseline
     if torch.get_num_threads() != target:
         torch.set_num_threads(target)
+
+
+def same_results_at_any_thread_count(generator: nn.Module, discriminator: nn.Module, batch: int, counts) -> bool:
+    """Whether a G and D forward and backward over ``batch`` (and ``2 * batch``, the merged real+fake
+    forward) gives bit-identical outputs and gradients at every thread count in ``counts``. True for the
+    MLP recipes here (oneDNN's matmuls do not split their sums over threads at these sizes); convolutions
+    and BatchNorm do, so models with either are not checked."""
+    if has_conv(generator, discriminator) or any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for net in (generator, discriminator) for m in net.modules()
+    ):
+        return False
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for count in counts:
+            torch.set_num_threads(count)
+            g, d = copy.deepcopy(generator), copy.deepcopy(discriminator)
+            rng = torch.Generator().manual_seed(0)
+            z = torch.randn(batch, g.latent_dim, generator=rng)  # [b, nz]
+            labels = torch.randint(g.num_classes, (batch,), generator=rng) if g.num_classes > 0 else None
+            x = g(z, labels)  # [b, C, H, W]
+            both = d(torch.cat([x, x.detach().flip(0)]), None if labels is None else torch.cat([labels, labels]))
+            out = d(x, labels)
+            (out.square().mean() + both.square().mean()).backward()
+            runs.append([out.detach(), both.detach()] + [p.grad for p in (*g.parameters(), *d.parameters())])
+    finally:
+        torch.set_num_threads(before)
+    return all(torch.equal(a, b) for run in runs[1:] for a, b in zip(runs[0], run, strict=True))
+
+
+class ThreadTuner:
+    """Picks, while training runs, the faster of some intra-op thread counts, for models whose results do
+    not depend on the count (``same_results_at_any_thread_count``), so switching changes no number.
+
+    Every ``period`` steps it runs ``probe`` steps at each count (after one unmeasured step to settle)
+    and keeps the count with the lower median step time until the next probe: two threads on an idle
+    machine, one while other processes keep a core busy (where two threads run 4-8x slower).
+    Call ``tick()`` after every training step.
+    """
+
+    def __init__(self, counts: tuple[int, ...], probe: int = 6, period: int = 400) -> None:
+        self.counts, self.probe, self.period = counts, probe, max(period, (probe + 1) * len(counts) + 1)
+        self.chosen = counts[0]
+        self._step = 0
+        self._last: float | None = None
+        self._measuring: int | None = None  # the thread count of the step now running, if it is measured
+        self._times: dict[int, list[float]] = {c: [] for c in counts}
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        if self._measuring is not None and self._last is not None:
+            self._times[self._measuring].append(now - self._last)
+        self._last = now
+        block = self.probe + 1
+        position = self._step % self.period
+        self._step += 1
+        if position < block * len(self.counts):
+            count = self.counts[position // block]
+            self._measuring = count if position % block else None  # the first step at a new count settles
+            set_cpu_threads(count)
+            return
+        if position == block * len(self.counts):  # the probe just ended: keep the fastest
+            self.chosen = min(self.counts, key=lambda c: statistics.median(self._times[c] or [float("inf")]))
+            self._times = {c: [] for c in self.counts}
+        self._measuring = None
+        set_cpu_threads(self.chosen)
 
 
 def cpu_channels_last_wanted(*modules: nn.Module) -> bool:

@@ -20,6 +20,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import platform
 import random
 import signal
@@ -59,9 +60,13 @@ from ganforge.training.distributed import (
     rank_failure,
 )
 from ganforge.training.fastpath import (
+    THREADS_ENV,
+    ThreadTuner,
+    baseline_cpu_threads,
     cpu_channels_last_wanted,
     cpu_threads_wanted,
     onednn_linear_wanted,
+    same_results_at_any_thread_count,
     set_cpu_threads,
     use_onednn_linear,
 )
@@ -199,8 +204,9 @@ class _Trainer:
         if tcfg.sync_batchnorm and ctx.enabled:  # BatchNorm statistics over the global batch (also on CPU)
             generator = convert_sync_batchnorm(generator, self.device)
             discriminator = convert_sync_batchnorm(discriminator, self.device)
+        threads = cpu_threads_wanted(generator, discriminator, tcfg.batch_size) if self.device.type == "cpu" else None
         if self.device.type == "cpu":  # small models train on one thread (fastpath.py: measured faster)
-            set_cpu_threads(cpu_threads_wanted(generator, discriminator, tcfg.batch_size))
+            set_cpu_threads(threads)
         # channels-last: asked for, or a conv model on the CPU, where oneDNN runs it faster in fp32 and bf16
         # (docs/performance.md); the maths is the same, only the memory layout changes
         self.channels_last = tcfg.channels_last or (
@@ -211,6 +217,20 @@ class _Trainer:
         self.discriminator_core = discriminator.to(self.device, memory_format=memory_format)
         if self.device.type == "cpu" and tcfg.precision == "fp32" and not tcfg.compile and onednn_linear_wanted():
             use_onednn_linear(self.generator_core, self.discriminator_core)  # fastpath.py: MKL is slow here
+        self.thread_tuner = None  # small models whose numbers do not depend on the thread count: tune it live
+        counts = (1, baseline_cpu_threads())
+        if threads == 1 and counts[1] > 1 and os.environ.get(THREADS_ENV, "auto") == "auto":
+            if same_results_at_any_thread_count(self.generator_core, self.discriminator_core, tcfg.batch_size, counts):
+                self.thread_tuner = ThreadTuner(counts)
+        # Real and fake share one D forward when every layer acts per image (no batch statistics, no dropout).
+        # Not with BatchNorm in G either: there Adam turns float noise in the zero-gradient biases before each
+        # BatchNorm into full-size updates, and the changed summation order would show as a departure from
+        # the reference step (tests/test_training.py) that is larger than rounding.
+        self.d_per_sample = not any(
+            isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd))
+            for net in (self.generator_core, self.discriminator_core)
+            for m in net.modules()
+        )
         self.ema = None
         if tcfg.ema_decay > 0:
             self.ema = copy.deepcopy(self.generator_core).eval().requires_grad_(False)
@@ -316,8 +336,7 @@ class _Trainer:
             z, y_fake = self._draw(n_global)
             with self._autocast():
                 x_fake = G(z, y_fake)  # [b, C, H, W]
-                logits_real = D(x_real, y_real).float()  # [b]
-                logits_fake = D(x_fake, y_fake).float()  # [b]
+                logits_real, logits_fake = self._d_real_fake(D, x_real, y_real, x_fake, y_fake)  # [b] each
             d_loss = self.loss.d_loss(logits_real, logits_fake)
             g_loss = self.loss.g_loss(logits_fake)
             self.opt_d.zero_grad(set_to_none=True)
@@ -355,8 +374,7 @@ class _Trainer:
                 with torch.no_grad(), self._autocast():
                     x_fake_for_d = G(z, y_fake)  # no graph: D's step never reaches G
             with self._autocast():
-                logits_real = D(x_real, y_real).float()  # [b]
-                logits_fake = D(x_fake_for_d, y_fake).float()  # [b]
+                logits_real, logits_fake = self._d_real_fake(D, x_real, y_real, x_fake_for_d, y_fake)  # [b] each
             d_loss = self.loss.d_loss(logits_real, logits_fake)
             self.opt_d.zero_grad(set_to_none=True)
             _weighted(d_loss, w).backward()
@@ -389,6 +407,18 @@ class _Trainer:
                 [g_loss.detach(), torch.sigmoid(logits_fake_g.detach()).mean(), torch.ones_like(g_loss)]
             ).double()
         return _weighted_stats(stats, w)
+
+    def _d_real_fake(
+        self, D: nn.Module, x_real: torch.Tensor, y_real: torch.Tensor | None, x_fake: torch.Tensor, y_fake
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """D's float logits on the real and on the fake batch. When every layer of D treats each image on its
+        own (no BatchNorm, no dropout), one forward over both batches gives the same logits with half the
+        calls and twice-as-tall matrix products; otherwise two forwards, as the reference systems do."""
+        if not self.d_per_sample:
+            return D(x_real, y_real).float(), D(x_fake, y_fake).float()
+        labels = None if y_real is None else torch.cat([y_real, y_fake])  # [2b]
+        logits = D(torch.cat([x_real, x_fake.to(x_real.dtype)]), labels).float()  # [2b]
+        return logits[: x_real.shape[0]], logits[x_real.shape[0] :]
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -434,6 +464,8 @@ class _Trainer:
                         self._save_real_grid(x_real)
                     n_global = min(tcfg.batch_size, self.loader.num_images - batch_index * tcfg.batch_size)
                     stats = self._step(x_real, y_real, batch_index, n_global)
+                    if self.thread_tuner is not None:
+                        self.thread_tuner.tick()
                     window += stats
                     self.acc_epoch += stats
                     state.step += 1

@@ -16,7 +16,7 @@ EXAMPLES = {
     "main": """\
         examples:
           ganforge recipes
-          ganforge train digits-mlp                      # no download needed
+          ganforge train digits-quick                    # no download needed
           ganforge train mnist-mlp --data-root ../shared/data/mnist --split test --epochs 5
           ganforge generate runs/mnist-mlp-*/ --num 64 --out samples.png
           ganforge evaluate runs/mnist-mlp-*/ --json scores.json

@@ -107,13 +107,7 @@ SPEC_PARAMS: dict[str, tuple[int, int]] = {
     ),
     # mnist-conv: convs with bias (the spec does not remove them).
     "conv": (
-        lin(100, 3136)
-        + bn(1)
-        + conv(3, 1, 50, True)
-        + bn(50)
-        + conv(3, 50, 25, True)
-        + bn(25)
-        + conv(2, 25, 1, True),
+        lin(100, 3136) + bn(1) + conv(3, 1, 50, True) + bn(50) + conv(3, 50, 25, True) + bn(25) + conv(2, 25, 1, True),
         conv(5, 1, 32, True) + conv(5, 32, 64, True) + lin(3136, 1024) + lin(1024, 1),
     ),
     # mnist-cgan: bias-free; G input 100 + 10 classes, D input 1 + 10 label planes.

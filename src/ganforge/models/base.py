@@ -76,8 +76,7 @@ def require(cfg: ModelConfig, field: str, allowed: int, arch: str, why: str) -> 
     value = getattr(cfg, field)
     if value != allowed:
         raise ConfigError(
-            f"model.{field}={value} is not supported by arch {arch!r}: "
-            f"it needs model.{field}={allowed} ({why})"
+            f"model.{field}={value} is not supported by arch {arch!r}: it needs model.{field}={allowed} ({why})"
         )
 
 

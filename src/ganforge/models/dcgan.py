@@ -107,9 +107,7 @@ def build_cdcgan(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
     arch = "cdcgan"
     require_conditional(cfg, arch)
     require(cfg, "resolution", 64, arch, "its five stride-2 layers map 1x1 <-> 64x64")
-    generator = DCGANGenerator(
-        cfg.latent_dim, cfg.num_classes, cfg.channels, cfg.resolution, cfg.g_width, _OUTER_64
-    )
+    generator = DCGANGenerator(cfg.latent_dim, cfg.num_classes, cfg.channels, cfg.resolution, cfg.g_width, _OUTER_64)
     discriminator = DCGANDiscriminator(
         cfg.latent_dim,
         cfg.num_classes,

@@ -154,3 +154,15 @@ def test_mlp_results_do_not_depend_on_the_thread_count():
     assert fastpath.same_results_at_any_thread_count(g, d, 64, (1, 2))
     g, d = build_models(get_recipe("mnist-quick").model)  # convolutions split their sums by thread: not checked
     assert not fastpath.same_results_at_any_thread_count(g, d, 64, (1, 2))
+
+
+def test_time_to_quality_reads_scores_and_plots(tmp_path):
+    ttq = _load("time_to_quality")
+    assert ttq._fd({"results": {"kid_mnist-classifier": 0.1, "fd_mnist-classifier": 2.5}}) == 2.5
+    points = [
+        {"recipe": r, "mark_min": m, "train_s": 60.0 * m, "step": 100 * m, "fd": fd}
+        for r, scale in (("mnist-quick", 1.0), ("mnist-mlp", 10.0))
+        for m, fd in ((0.5, 40.0 * scale), (1, 8.0 * scale), (2, 2.0 * scale))
+    ]
+    ttq.plot(points, 0.26, tmp_path / "ttq.png", "test")
+    assert (tmp_path / "ttq.png").stat().st_size > 1000

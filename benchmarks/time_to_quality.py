@@ -1,6 +1,7 @@
 """Sample quality against training time: each MNIST recipe for the same wall-clock budget.
 
-Each recipe trains with ``ganforge train`` and stops at a series of training-time marks
+Each recipe trains with ``ganforge train`` (with the epoch limit lifted, so the budget ends the
+run; ``--recipe-epochs`` keeps it) and stops at a series of training-time marks
 (``--max-time``); at each mark ``ganforge evaluate RUN --json`` scores the run (the EMA generator
 when the recipe keeps one) with the MNIST classifier evaluator, then training resumes to the next
 mark. Resume is bit-exact, so the stops do not change the trajectory, and evaluation time is not
@@ -54,6 +55,8 @@ def measure_recipe(recipe: str, marks: list[float], args: argparse.Namespace, ou
     log = out / f"{recipe}.log"
     data = ["--data-root", args.data_root, "--split", args.split]
     extra = [x for s in args.set for x in ("--set", s)]
+    if not args.recipe_epochs:  # the budget, not the recipe's epoch count, ends the run
+        extra += ["--epochs", "1000000"]
     points = []
     for i, minutes in enumerate(marks):
         if i == 0:
@@ -110,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num", type=int, default=5000, help="samples per evaluation (and real images)")
     parser.add_argument("--set", action="append", default=[], help="extra overrides for every recipe")
     parser.add_argument("--out", type=Path, default=Path("time_to_quality"))
+    parser.add_argument(
+        "--recipe-epochs", action="store_true", help="stop at the recipe's epoch count if it comes before the budget"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the other recipes' points already in OUT/time_to_quality.json"
+    )
     args = parser.parse_args(argv)
 
     marks = [float(m) for m in args.marks.split(",") if m] or [
@@ -120,8 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     floor = real_floor(args, args.out)
     print(f"real-vs-real FD at {args.num} images: {floor:.3f} (load average {load:.2f})", flush=True)
+    recipes = [r for r in args.recipes.split(",") if r]
     points: list[dict] = []
-    for recipe in [r for r in args.recipes.split(",") if r]:
+    previous = args.out / "time_to_quality.json"
+    if args.keep and previous.is_file():
+        points = [p for p in json.loads(previous.read_text())["points"] if p["recipe"] not in recipes]
+    for recipe in recipes:
         points += measure_recipe(recipe, marks, args, args.out)
         (args.out / "time_to_quality.json").write_text(
             json.dumps({"floor": floor, "num": args.num, "points": points, "argv": sys.argv}, indent=1)

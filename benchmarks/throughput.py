@@ -159,8 +159,9 @@ def worker_ganforge(args: argparse.Namespace) -> dict:
         result = train(cfg, out=Path(tmp) / "run", overwrite=True)
         records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     windows = [r for r in records if r["kind"] == "step"]
-    if any(r["kind"] == "epoch" and r["step"] > args.warmup for r in records):
-        raise SystemExit(f"{args.recipe}: an epoch ended inside the timed window; use fewer --steps")
+    # An epoch end inside the timed window (GPU runs on the 10k-image test split) is timed like any step: its
+    # sample grid and checkpoint fall into the next window, as the reference's DataLoader restarts do in its time.
+    epoch_ends = sum(1 for r in records if r["kind"] == "epoch" and args.warmup < r["step"] < args.warmup + args.steps)
     timed = [r for r in windows if r["step"] > args.warmup]
     images = args.steps * cfg.train.batch_size
     seconds = sum(args.warmup * cfg.train.batch_size / r["images_per_s"] for r in timed)
@@ -174,6 +175,7 @@ def worker_ganforge(args: argparse.Namespace) -> dict:
         "precision": cfg.train.precision,
         "channels_last": cfg.train.channels_last,
         "compile": cfg.train.compile,
+        "epoch_ends_timed": epoch_ends,
     }
 
 

@@ -32,7 +32,8 @@ from ganforge.recipes import get_recipe
 from ganforge.training.checkpoint import load_tensors, module_tensors
 from ganforge.training.distributed import DistContext, init_distributed, rank_failure
 
-TINY = ["--set", "data.dataset=digits", "--set", "data.max_images=64", "--batch-size", "16"]
+# gloo on CPU processes, also where a GPU is visible (two ranks cannot share one GPU under NCCL)
+TINY = ["--set", "data.dataset=digits", "--set", "data.max_images=64", "--batch-size", "16", "--device", "cpu"]
 CGAN = [*TINY, "--set", "model.g_width=8", "--set", "model.d_width=8"]
 QUIET = ["--set", "train.progress=false"]
 LAUNCH_TIMEOUT = 180  # seconds; a hang fails the test instead of the CI job

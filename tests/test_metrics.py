@@ -669,3 +669,26 @@ def test_kid_per_subset_path_equals_precomputed(monkeypatch):
     full = kernel_distance(x, y, num_subsets=4, subset_size=10, seed=1)
     monkeypatch.setattr(functional, "FULL_KERNEL_LIMIT", 0)
     assert kernel_distance(x, y, num_subsets=4, subset_size=10, seed=1) == pytest.approx(full, rel=1e-12)
+
+
+def test_training_tracks_quality_and_keeps_the_best_checkpoint(tmp_path, tmp_cache):
+    """eval.every: one eval record per evaluated epoch in metrics.jsonl, naming the tracked key, and
+    checkpoints/best.safetensors holds the epoch whose FD was lowest."""
+    from ganforge.cli import main
+    from ganforge.training.checkpoint import load_tensors
+
+    run = tmp_path / "run"
+    tiny = ["--set", "data.max_images=96", "--batch-size", "32", "--set", "train.progress=false"]
+    evaluation = ["--set", "eval.every=1", "--set", "eval.num_samples=64"]
+    assert main(["train", "digits-mlp", "--epochs", "4", "--device", "cpu", "--out", str(run), *tiny, *evaluation]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["epoch"] for r in evals] == [0, 1, 2, 3]
+    key = evals[0]["tracked"]
+    assert key == "fd_digits-classifier" and evals[0]["tracked_lower_is_better"] is True
+    assert all(math.isfinite(r[key]) for r in evals)
+    best_epoch = min(evals, key=lambda r: r[key])["epoch"] + 1  # checkpoints count finished epochs
+    _, meta, _ = load_tensors(run / "checkpoints" / "best.safetensors")
+    assert meta["state"]["epoch"] == best_epoch
+    assert meta["state"]["best"] == pytest.approx(min(r[key] for r in evals))
+    assert (run / "loss_curves.png").stat().st_size > 0

@@ -29,6 +29,8 @@ TINY = [
     "train.progress=false",
     "--set",
     "train.log_every=2",
+    "--device",
+    "cpu",  # bit-identity is a CPU promise; CUDA's needs train.deterministic (test below)
 ]
 TINY_CGAN = [*TINY, "--set", "model.g_width=8", "--set", "model.d_width=8"]
 
@@ -69,6 +71,29 @@ def test_resume_mid_epoch_is_bit_identical_and_logs_are_not_duplicated(tmp_path,
     resumes = [r for r in records if r["kind"] == "resume"]
     assert len(resumes) == 1 and resumes[0]["overrides"] == ["train.max_steps=0"]
     assert json.loads((tmp_path / "split" / "config.json").read_text())["train"]["max_steps"] == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_resume_mid_epoch_is_bit_identical_with_deterministic_kernels(tmp_path):
+    """cuDNN's default conv kernels sum in a varying order; train.deterministic=true makes resume exact on CUDA."""
+    extra = [*TINY_CGAN, "--device", "cuda", "--set", "train.deterministic=true"]
+    assert main(["train", "mnist-cgan", "--epochs", "2", "--out", str(tmp_path / "straight"), *extra]) == 0
+    split = ["train", "mnist-cgan", "--epochs", "2", "--max-steps", "4", "--out", str(tmp_path / "split")]
+    assert main([*split, *extra]) == 0
+    assert main(["train", "--resume", str(tmp_path / "split"), "--max-steps", "0"]) == 0
+    assert_identical_runs(tmp_path / "straight", tmp_path / "split")
+
+
+def test_deterministic_kernels_are_switched_back_after_training(tmp_path):
+    """train.deterministic flips process-wide torch switches; a library call must not leave them flipped."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
+    run = tmp_path / "run"
+    deterministic = ["--set", "train.deterministic=true"]
+    assert main(["train", "mnist-mlp", "--max-steps", "2", "--out", str(run), *TINY, *deterministic]) == 0
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic) == before
+    import json
+
+    assert json.loads((run / "config.json").read_text())["train"]["deterministic"] is True
 
 
 def _train_process(out: Path, *args: str) -> subprocess.Popen:

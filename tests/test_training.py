@@ -147,6 +147,14 @@ def test_d_step_leaves_generator_untouched_and_g_step_leaves_discriminator(tmp_p
     assert all(p.requires_grad for p in trainer.discriminator_core.parameters())
 
 
+def test_numbered_checkpoints_every_n_epochs_and_only_the_newest_kept(tmp_path):
+    overrides = ["train.epochs=6", "train.batch_size=64", "train.checkpoint_every=2", "train.keep_checkpoints=2"]
+    result = make_trainer(tmp_path, "digits-mlp", overrides).run()
+    kept = sorted(p.name for p in (result.run_dir / "checkpoints").glob("epoch_*.safetensors"))
+    assert kept == ["epoch_0004.safetensors", "epoch_0006.safetensors"]  # epoch 2 pruned
+    assert (result.run_dir / "checkpoints" / "latest.safetensors").is_file()
+
+
 def test_short_run_leaves_the_run_directory(tmp_path):
     trainer = make_trainer(tmp_path, "digits-mlp", ["train.epochs=2", "train.batch_size=16", "train.log_every=2"])
     result = trainer.run()

@@ -79,12 +79,16 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
     precision: str = "fp32"  # fp32 | bf16 (autocast, fp32 master weights)
     compile: bool = False  # torch.compile the networks
+    # CUDA: deterministic cuDNN/cuBLAS kernels, so a resumed run is bit-identical to an uninterrupted one (on the
+    # CPU it always is); off by default because the deterministic kernels can be slower
+    deterministic: bool = False
     channels_last: bool = False  # memory format for conv models
     ema_decay: float = 0.0  # > 0: keep an exponential moving average of G for sampling
     sync_batchnorm: bool = False  # distributed runs: BatchNorm statistics over the global batch
     log_every: int = 50  # steps between metrics.jsonl records
     sample_every: int = 1  # epochs between sample grids
     checkpoint_every: int = 10  # epochs between numbered checkpoints (latest is kept every epoch)
+    keep_checkpoints: int = 0  # numbered checkpoints kept, newest first (0 = all; each holds G, D and Adam state)
     grid_size: int = 64  # samples in each grid (conditional: grid_columns per class row)
     grid_columns: int = 8
     progress: bool = True  # tqdm bar per epoch
@@ -157,6 +161,7 @@ NON_NEGATIVE = (
     "train.max_steps",
     "train.max_time",
     "train.ema_decay",
+    "train.keep_checkpoints",
     "data.max_images",
     "data.num_workers",
     "eval.every",

@@ -43,13 +43,7 @@ def plot_training_curves(records: list[dict[str, Any]], path: Path, title: str =
     prob_ax.set_title("discriminator outputs (mean)")
     prob_ax.legend()
     if evals:
-        quality_ax = axes[2]
-        keys = sorted({k for r in evals for k, v in r.items() if isinstance(v, float) and k != "epoch_progress"})
-        for key in keys:
-            quality_ax.plot(*series(evals, key), "o-", label=key, markersize=3)
-        quality_ax.set_xlabel("epoch")
-        quality_ax.set_title("sample quality (lower FD is better)")
-        quality_ax.legend(fontsize=7)
+        _plot_quality(axes[2], evals, series)
     if title:
         fig.suptitle(title)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,3 +51,29 @@ def plot_training_curves(records: list[dict[str, Any]], path: Path, title: str =
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
+
+
+def _plot_quality(ax: Any, evals: list[dict[str, Any]], series: Any) -> None:
+    """The metric that ranks checkpoints, with its best point marked (the others are in metrics.jsonl).
+
+    Metrics of different scales (FD in the hundreds, precision in [0, 1]) on one axis would flatten all
+    but the largest, so only the tracked one is drawn.
+    """
+    tracked = evals[-1].get("tracked")
+    if tracked is None:  # records written before the key existed: the first FD-like number
+        numeric = [k for k, v in evals[-1].items() if isinstance(v, float) and k != "epoch_progress"]
+        tracked = next((k for k in numeric if k.startswith("fd")), numeric[0] if numeric else None)
+    if tracked is None:
+        return
+    x, y = series(evals, tracked)
+    ax.plot(x, y, "o-", color="tab:purple", label=tracked, markersize=3)
+    lower_is_better = evals[-1].get("tracked_lower_is_better", tracked.startswith(("fd", "fid", "kid")))
+    if y:
+        best = min(range(len(y)), key=lambda i: y[i] if lower_is_better else -y[i])
+        ax.plot([x[best]], [y[best]], "*", color="gold", markeredgecolor="black", markersize=12, label="best")
+        ax.annotate(f"{y[best]:.3g}", (x[best], y[best]), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    if lower_is_better and y and min(y) > 0 and max(y) / min(y) > 20:
+        ax.set_yscale("log")  # FD falls by orders of magnitude early on
+    ax.set_xlabel("epoch")
+    ax.set_title(f"sample quality ({'lower' if lower_is_better else 'higher'} is better)")
+    ax.legend(fontsize=7)

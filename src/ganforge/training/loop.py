@@ -144,6 +144,33 @@ def _all_finite(modules: list[nn.Module]) -> bool:
     return all(bool(torch.isfinite(t).all()) for m in modules for t in m.state_dict().values() if t.is_floating_point())
 
 
+@contextlib.contextmanager
+def deterministic_kernels(enabled: bool) -> Iterator[None]:
+    """Make CUDA pick deterministic kernels while training, then put the global switches back.
+
+    cuDNN's convolution backward and cuBLAS's split reductions sum in an order that changes from run to
+    run, so two CUDA runs (or a run and its resumed copy) drift apart by rounding. The CPU kernels used
+    here are deterministic already. torch raises if an op has no deterministic CUDA version.
+    """
+    if not enabled:
+        yield
+        return
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for reproducible sums
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous[2], previous[3]
+
+
 def train(
     cfg: RunConfig,
     out: Path | None = None,
@@ -153,8 +180,9 @@ def train(
 ) -> TrainResult:
     """Train ``cfg`` into a run directory (``out`` or ``runs/<recipe>-<time>``), or continue ``resume``."""
     try:
-        ctx = init_distributed(cfg.train.device)  # under torchrun: the process group, kept until exit
-        return _Trainer(cfg, ctx, out, resume, overwrite, resume_overrides or []).run()
+        with deterministic_kernels(cfg.train.deterministic):
+            ctx = init_distributed(cfg.train.device)  # under torchrun: the process group, kept until exit
+            return _Trainer(cfg, ctx, out, resume, overwrite, resume_overrides or []).run()
     except Exception as exc:
         report = rank_failure(exc)  # under torchrun: names the rank, and is what torchrun's summary shows
         if report is exc:
@@ -573,6 +601,7 @@ class _Trainer:
             self._save_checkpoint(self.run_dir.latest)
             if (epoch + 1) % tcfg.checkpoint_every == 0:
                 self._save_checkpoint(self.run_dir.epoch_checkpoint(epoch + 1))
+                self.run_dir.prune_epoch_checkpoints(tcfg.keep_checkpoints)
             if improved:
                 self._save_checkpoint(self.run_dir.best)
         ctx.barrier()
@@ -622,6 +651,8 @@ class _Trainer:
                 "epoch": self.state.epoch - 1,
                 "epoch_progress": float(self.state.epoch),
                 **results,
+                "tracked": self.tracker.primary,  # the key that ranks checkpoints (and that loss_curves.png draws)
+                "tracked_lower_is_better": self.tracker.lower_is_better,
             }
             self.run_dir.append(record)
             value = results.get(self.tracker.primary)

@@ -58,6 +58,14 @@ class RunDir:
     def epoch_checkpoint(self, epoch: int) -> Path:
         return self.checkpoints / f"epoch_{epoch:04d}.safetensors"
 
+    def prune_epoch_checkpoints(self, keep: int) -> list[Path]:
+        """Delete all but the newest ``keep`` numbered checkpoints (latest and best are not numbered)."""
+        numbered = sorted(self.checkpoints.glob("epoch_[0-9][0-9][0-9][0-9]*.safetensors"))
+        removed = numbered[:-keep] if keep > 0 else []
+        for path in removed:
+            path.unlink()
+        return removed
+
     def epoch_samples(self, epoch: int) -> Path:
         return self.samples / f"epoch_{epoch:04d}.png"
 

@@ -692,3 +692,24 @@ def test_training_tracks_quality_and_keeps_the_best_checkpoint(tmp_path, tmp_cac
     assert meta["state"]["epoch"] == best_epoch
     assert meta["state"]["best"] == pytest.approx(min(r[key] for r in evals))
     assert (run / "loss_curves.png").stat().st_size > 0
+
+
+def test_training_evaluates_every_n_steps_mid_epoch_too(tmp_path, tmp_cache):
+    """eval.every_steps: evaluations at step multiples, inside epochs and at an epoch's last step (once)."""
+    from ganforge.cli import main
+    from ganforge.training.checkpoint import load_tensors
+
+    run = tmp_path / "run"
+    tiny = ["--set", "data.max_images=96", "--batch-size", "32", "--set", "train.progress=false"]  # 3 steps/epoch
+    evaluation = ["--set", "eval.every_steps=2", "--set", "eval.every=1", "--set", "eval.num_samples=64"]
+    assert main(["train", "digits-mlp", "--epochs", "2", "--device", "cpu", "--out", str(run), *tiny, *evaluation]) == 0
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if r["kind"] == "eval"]
+    # steps 2, 4, 6 by eval.every_steps; epoch 1's end (step 3) by eval.every; step 6 ends epoch 2: not twice
+    assert [r["step"] for r in evals] == [2, 3, 4, 6]
+    assert [r["epoch"] for r in evals] == [0, 0, 1, 1]
+    assert [r["epoch_progress"] for r in evals] == pytest.approx([2 / 3, 1.0, 4 / 3, 2.0], abs=1e-4)
+    key = evals[0]["tracked"]
+    best = min(evals, key=lambda r: r[key])
+    _, meta, _ = load_tensors(run / "checkpoints" / "best.safetensors")
+    assert meta["state"]["step"] == best["step"] and meta["state"]["best"] == pytest.approx(best[key])

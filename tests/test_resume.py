@@ -73,6 +73,19 @@ def test_resume_mid_epoch_is_bit_identical_and_logs_are_not_duplicated(tmp_path,
     assert json.loads((tmp_path / "split" / "config.json").read_text())["train"]["max_steps"] == 0
 
 
+def test_resume_is_bit_identical_with_mid_epoch_evaluations(tmp_path, monkeypatch):
+    """Evaluations (and best.safetensors saves) inside epochs must not disturb the training trajectory."""
+    monkeypatch.setenv("GANFORGE_CACHE", str(tmp_path / "cache"))  # the digits evaluator is trained here
+    extra = [*TINY, "--set", "eval.every_steps=2", "--set", "eval.num_samples=32"]
+    assert main(["train", "mnist-mlp", "--epochs", "2", "--out", str(tmp_path / "straight"), *extra]) == 0
+    assert (
+        main(["train", "mnist-mlp", "--epochs", "2", "--max-steps", "3", "--out", str(tmp_path / "split"), *extra]) == 0
+    )
+    assert main(["train", "--resume", str(tmp_path / "split"), "--max-steps", "0"]) == 0
+    assert_identical_runs(tmp_path / "straight", tmp_path / "split")
+    assert (tmp_path / "split" / "checkpoints" / "best.safetensors").is_file()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_resume_mid_epoch_is_bit_identical_with_deterministic_kernels(tmp_path):
     """cuDNN's default conv kernels sum in a varying order; train.deterministic=true makes resume exact on CUDA."""

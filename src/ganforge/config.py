@@ -97,6 +97,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     every: int = 0  # epochs between quality evaluations during training (0 = off)
+    every_steps: int = 0  # also every this many training steps, mid-epoch too (0 = off): for long epochs
     metric: str = "fd"  # key of ganforge.metrics.METRICS tracked during training
     extractor: str = "auto"  # key of ganforge.metrics.EXTRACTORS (auto: classifier for the dataset)
     num_samples: int = 2000
@@ -165,6 +166,7 @@ NON_NEGATIVE = (
     "data.max_images",
     "data.num_workers",
     "eval.every",
+    "eval.every_steps",
     "sample.top_k",
 )
 

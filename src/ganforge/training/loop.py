@@ -83,7 +83,7 @@ class TrainState:
     batch_in_epoch: int = 0  # the next batch of that epoch
     elapsed: float = 0.0  # seconds of training so far, over all sessions of the run
     best: float | None = None  # best value of the tracked quality metric
-    best_epoch: int | None = None
+    best_epoch: float | None = None  # fractional when evaluated mid-epoch (eval.every_steps)
     events: list[str] = field(default_factory=list)
 
 
@@ -142,6 +142,16 @@ def _eval_mode(module: nn.Module) -> Iterator[nn.Module]:
 
 def _all_finite(modules: list[nn.Module]) -> bool:
     return all(bool(torch.isfinite(t).all()) for m in modules for t in m.state_dict().values() if t.is_floating_point())
+
+
+@contextlib.contextmanager
+def _rng_untouched(device: torch.device) -> Iterator[None]:
+    """Restore torch's (CPU and this CUDA device's), Python's and NumPy's global RNG states on exit."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        yield
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
 
 
 @contextlib.contextmanager
@@ -304,6 +314,7 @@ class _Trainer:
         self._last_plot = -math.inf
         self.acc_epoch = torch.zeros(8, device=self.device, dtype=torch.float64)
         self.tracker = None
+        self._last_eval_step = -1  # an epoch end does not evaluate again what a step-triggered evaluation just did
         if resume is not None:
             self.run_dir = RunDir(out) if out is not None else _run_dir_of(resume)
             self._load(resume)
@@ -508,6 +519,8 @@ class _Trainer:
                         )
                         window.zero_()
                         window_start = time.perf_counter()
+                    if self.cfg.eval.every_steps and state.step % self.cfg.eval.every_steps == 0:
+                        self._evaluate_and_keep_best(per_epoch)
                     if tcfg.max_steps and state.step >= tcfg.max_steps:
                         stopped = f"reached --max-steps {tcfg.max_steps}"
                     elif tcfg.max_time and state.elapsed >= tcfg.max_time * 60:
@@ -586,7 +599,11 @@ class _Trainer:
         if ctx.is_main and ((epoch + 1) % tcfg.sample_every == 0 or last_epoch):
             save_grid(self._grid_images(), self.run_dir.epoch_samples(epoch + 1), nrow=self._grid_nrow())
         improved = False
-        if cfg.eval.every and ((epoch + 1) % cfg.eval.every == 0 or last_epoch):
+        if (
+            cfg.eval.every
+            and ((epoch + 1) % cfg.eval.every == 0 or last_epoch)
+            and self._last_eval_step != self.state.step
+        ):
             improved = self._evaluate(per_epoch)
         if ctx.is_main:
             # redrawn each epoch, but at most every 10 s: on tiny datasets epochs take well under a second
@@ -630,26 +647,40 @@ class _Trainer:
                 nrow=self.cfg.train.grid_columns,
             )
 
+    def _evaluate_and_keep_best(self, per_epoch: int) -> None:
+        """A step-triggered evaluation (eval.every_steps), possibly mid-epoch; saves best.safetensors if improved."""
+        if self.ctx.enabled:  # what the checkpoint holds: the ranks' mean (a collective, so every rank calls it)
+            self.acc_epoch = self.ctx.mean(self.acc_epoch)
+        if self._evaluate(per_epoch):
+            self._save_checkpoint(self.run_dir.best)
+        self.ctx.barrier()
+
     def _evaluate(self, per_epoch: int) -> bool:
         """Run the quality metric (rank 0; the weights are identical on every rank); True if it improved."""
+        self._last_eval_step = self.state.step
         improved = False
         if self.ctx.is_main:
             from ganforge.data import load_dataset
             from ganforge.metrics import QualityTracker
 
-            if self.tracker is None:
-                from ganforge.metrics.evaluator import real_shape_for_evaluation
+            # Building the evaluator network draws from the global RNGs, and a resumed run builds it again:
+            # evaluation must leave the training's random streams as it found them, or resume is not exact.
+            with _rng_untouched(self.device):
+                if self.tracker is None:
+                    from ganforge.metrics.evaluator import real_shape_for_evaluation
 
-                model = self.cfg.model
-                shape = real_shape_for_evaluation(self.cfg.data.dataset, model.channels, model.resolution)
-                real = load_dataset(self.cfg.data, *shape)
-                self.tracker = QualityTracker(self.cfg, real, self.device)
-            results = self.tracker(self._sample_for_eval)
+                    model = self.cfg.model
+                    shape = real_shape_for_evaluation(self.cfg.data.dataset, model.channels, model.resolution)
+                    real = load_dataset(self.cfg.data, *shape)
+                    self.tracker = QualityTracker(self.cfg, real, self.device)
+                results = self.tracker(self._sample_for_eval)
+            state = self.state
+            at_epoch_end = state.batch_in_epoch == 0  # the epoch counter has already moved on
             record = {
                 "kind": "eval",
-                "step": self.state.step,
-                "epoch": self.state.epoch - 1,
-                "epoch_progress": float(self.state.epoch),
+                "step": state.step,
+                "epoch": state.epoch - 1 if at_epoch_end else state.epoch,
+                "epoch_progress": round(state.epoch + state.batch_in_epoch / per_epoch, 4),
                 **results,
                 "tracked": self.tracker.primary,  # the key that ranks checkpoints (and that loss_curves.png draws)
                 "tracked_lower_is_better": self.tracker.lower_is_better,
@@ -661,7 +692,7 @@ class _Trainer:
                     value < self.state.best if self.tracker.lower_is_better else value > self.state.best
                 )
                 if better:
-                    self.state.best, self.state.best_epoch, improved = value, self.state.epoch, True
+                    self.state.best, self.state.best_epoch, improved = value, record["epoch_progress"], True
             self._print(
                 "  " + "  ".join(f"{k} {_fmt(v)}" for k, v in results.items()) + ("  (best so far)" if improved else "")
             )

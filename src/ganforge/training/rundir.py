@@ -60,7 +60,8 @@ class RunDir:
 
     def prune_epoch_checkpoints(self, keep: int) -> list[Path]:
         """Delete all but the newest ``keep`` numbered checkpoints (latest and best are not numbered)."""
-        numbered = sorted(self.checkpoints.glob("epoch_[0-9][0-9][0-9][0-9]*.safetensors"))
+        numbered = self.checkpoints.glob("epoch_[0-9][0-9][0-9][0-9]*.safetensors")
+        numbered = sorted(numbered, key=lambda path: int(path.stem.removeprefix("epoch_")))  # epoch 10000 > 9999
         removed = numbered[:-keep] if keep > 0 else []
         for path in removed:
             path.unlink()

@@ -13,14 +13,18 @@ pytestmark = pytest.mark.skipif(not _onednn_available(), reason="this PyTorch bu
 
 @pytest.mark.parametrize("rows", [3, 64, 200])  # both sides of the grad-input switch-over
 @pytest.mark.parametrize("bias", [True, False])
-def test_onednn_linear_matches_nn_linear_forward_and_backward(rows, bias):
+@pytest.mark.parametrize("sizes", [(37, 29, 11), (400, 300, 20)])  # products below and above oneDNN's share
+def test_onednn_linear_matches_nn_linear_forward_and_backward(rows, bias, sizes):
     torch.manual_seed(0)
-    reference = nn.Sequential(nn.Linear(37, 29, bias=bias), nn.LeakyReLU(0.2), nn.Linear(29, 11, bias=bias))
+    n_in, n_hidden, n_out = sizes
+    reference = nn.Sequential(
+        nn.Linear(n_in, n_hidden, bias=bias), nn.LeakyReLU(0.2), nn.Linear(n_hidden, n_out, bias=bias)
+    )
     fast = copy.deepcopy(reference)
     assert use_onednn_linear(fast) == 2
     assert all(type(m) is OneDNNLinear for m in fast if isinstance(m, nn.Linear))
     assert fast.state_dict().keys() == reference.state_dict().keys()
-    x = torch.randn(rows, 37)
+    x = torch.randn(rows, n_in)
     x_ref, x_fast = x.clone().requires_grad_(), x.clone().requires_grad_()
     out_ref, out_fast = reference(x_ref), fast(x_fast)
     torch.testing.assert_close(out_fast, out_ref, rtol=1e-5, atol=1e-5)

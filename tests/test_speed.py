@@ -1,8 +1,8 @@
-"""The CPU fast path (oneDNN Linear, channels-last conv models), the quick recipes and the reference loops."""
+"""The CPU fast path's choices (oneDNN Linear backend, channels-last conv models), the quick recipes and the
+reference loops. OneDNNLinear's maths against nn.Linear: test_fastpath.py."""
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import sys
@@ -21,29 +21,6 @@ from ganforge.training.loop import _Trainer
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-
-
-@pytest.mark.skipif(not fastpath._onednn_available(), reason="this torch has no oneDNN")
-@pytest.mark.parametrize("rows", [5, 64])  # products below and above the size that goes to oneDNN
-def test_onednn_linear_matches_linear(rows):
-    torch.manual_seed(0)
-    plain = nn.Sequential(nn.Linear(400, 300), nn.LeakyReLU(0.2), nn.Linear(300, 20, bias=False))
-    fast = copy.deepcopy(plain)
-    assert fastpath.use_onednn_linear(fast) == 2
-    assert all(isinstance(m, fastpath.OneDNNLinear) for m in fast if isinstance(m, nn.Linear))
-    assert fast.state_dict().keys() == plain.state_dict().keys()
-    x = torch.randn(rows, 400, requires_grad=True)
-    x2 = x.detach().clone().requires_grad_(True)
-    out_plain, out_fast = plain(x), fast(x2)
-    torch.testing.assert_close(out_fast, out_plain, rtol=1e-5, atol=1e-5)
-    grad = torch.randn_like(out_plain)
-    out_plain.backward(grad)
-    out_fast.backward(grad)
-    torch.testing.assert_close(x2.grad, x.grad, rtol=1e-5, atol=1e-5)
-    for p, q in zip(plain.parameters(), fast.parameters(), strict=True):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-5)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # under autocast it is F.linear again (bf16)
-        assert fast(x2).dtype == torch.bfloat16
 
 
 def test_linear_backend_choice_follows_the_environment(monkeypatch):

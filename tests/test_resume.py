@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -58,8 +59,6 @@ def test_resume_at_epoch_boundary_is_bit_identical(tmp_path, recipe, extra):
 
 @pytest.mark.parametrize("recipe,extra", [("mnist-mlp-bn", TINY), ("mnist-cgan", TINY_CGAN)])
 def test_resume_mid_epoch_is_bit_identical_and_logs_are_not_duplicated(tmp_path, recipe, extra):
-    import json
-
     assert main(["train", recipe, "--epochs", "2", "--out", str(tmp_path / "straight"), *extra]) == 0
     # stop after 4 of 6 steps (inside epoch 2), then continue with the limit lifted (an override on resume)
     assert main(["train", recipe, "--epochs", "2", "--max-steps", "4", "--out", str(tmp_path / "split"), *extra]) == 0
@@ -104,8 +103,6 @@ def test_deterministic_kernels_are_switched_back_after_training(tmp_path):
     deterministic = ["--set", "train.deterministic=true"]
     assert main(["train", "mnist-mlp", "--max-steps", "2", "--out", str(run), *TINY, *deterministic]) == 0
     assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic) == before
-    import json
-
     assert json.loads((run / "config.json").read_text())["train"]["deterministic"] is True
 
 

@@ -113,19 +113,12 @@ class OneDNNLinear(nn.Linear):
             and x.dtype == torch.float32
             and self.weight.dtype == torch.float32
             and x.dim() >= 2
-            and not _autocast_on()
+            and not torch.is_autocast_enabled("cpu")
         ):
             flat = x.reshape(-1, x.shape[-1]).contiguous()  # [m, in]
             out = _OneDNNLinearFn.apply(flat, self.weight, self.bias)  # [m, out]
             return out.view(*x.shape[:-1], out.shape[-1])
         return F.linear(x, self.weight, self.bias)
-
-
-def _autocast_on() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled()
 
 
 def use_onednn_linear(*modules: nn.Module) -> int:

@@ -242,8 +242,9 @@ class _Trainer:
         if tcfg.sync_batchnorm and ctx.enabled:  # BatchNorm statistics over the global batch (also on CPU)
             generator = convert_sync_batchnorm(generator, self.device)
             discriminator = convert_sync_batchnorm(discriminator, self.device)
-        threads = cpu_threads_wanted(generator, discriminator, tcfg.batch_size) if self.device.type == "cpu" else None
+        threads = None
         if self.device.type == "cpu":  # small models train on one thread (fastpath.py: measured faster)
+            threads = cpu_threads_wanted(generator, discriminator, tcfg.batch_size)
             set_cpu_threads(threads)
         # channels-last: asked for, or a conv model on the CPU, where oneDNN runs it faster in fp32 and bf16
         # (docs/performance.md); the maths is the same, only the memory layout changes
@@ -277,7 +278,7 @@ class _Trainer:
         # fused Adam (one kernel per parameter for the whole update), else multi-tensor (foreach). On the CPU
         # fused makes mnist-mlp steps 17% faster, but it rounds differently from torch's default Adam, which
         # foreach matches; conv models spend ~1% of a CPU step in Adam, so they keep foreach there.
-        fused = _fused_adam_supported(self.device) and not (self.device.type == "cpu" and self.channels_last)
+        fused = self.device.type in ("cuda", "mps") or (self.device.type == "cpu" and not self.channels_last)
         fast = {"fused": True} if fused else {"foreach": True}
         self.opt_g = torch.optim.Adam(self.generator_core.parameters(), lr=cfg.optim.lr_g, **adam, **fast)
         self.opt_d = torch.optim.Adam(self.discriminator_core.parameters(), lr=cfg.optim.lr_d, **adam, **fast)
@@ -834,12 +835,6 @@ class _Trainer:
     def _print(self, message: str) -> None:
         if self.ctx.is_main:
             tqdm.write(message, file=sys.stdout)
-
-
-def _fused_adam_supported(device: torch.device) -> bool:
-    if device.type == "cpu":  # the fused CPU kernel arrived in torch 2.4
-        return tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
-    return device.type in ("cuda", "mps")
 
 
 def _weighted(loss: torch.Tensor, w: float) -> torch.Tensor:

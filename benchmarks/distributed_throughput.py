@@ -89,7 +89,7 @@ def launch(recipe: str, procs: int, threads: int, out: Path, args: argparse.Name
 
 
 def max_weight_difference(run_a: Path, run_b: Path) -> float:
-    from ganforge.training.checkpoint import load_tensors
+    from ganforge.checkpoint import load_tensors
 
     a, _, _ = load_tensors(run_a / "checkpoints" / "latest.safetensors")
     b, _, _ = load_tensors(run_b / "checkpoints" / "latest.safetensors")

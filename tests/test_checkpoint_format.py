@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from ganforge import checkpoint as ckpt
 from ganforge.errors import CheckpointError
-from ganforge.training import checkpoint as ckpt
 
 
 def test_round_trip_of_tensors_and_metadata(tmp_path):

@@ -210,7 +210,7 @@ def test_resume_of_a_run_without_checkpoint(capsys, tmp_path):
 def test_bad_checkpoints(capsys, tmp_path, trained_runs, damage):
     from safetensors.torch import save_file
 
-    from ganforge.training.checkpoint import FORMAT
+    from ganforge.checkpoint import FORMAT
 
     source = trained_runs["mnist-mlp"] / "checkpoints" / "latest.safetensors"
     target = tmp_path / "ckpt.safetensors"
@@ -224,7 +224,7 @@ def test_bad_checkpoints(capsys, tmp_path, trained_runs, damage):
         save_file({"w": torch.zeros(1)}, target, metadata={"format": FORMAT, "format_version": "42", "meta": "{}"})
         fragment = "newer than this ganforge"
     else:
-        from ganforge.training.checkpoint import load_tensors, save_tensors
+        from ganforge.checkpoint import load_tensors, save_tensors
 
         tensors, meta, kind = load_tensors(source)
         meta["config"]["model"]["arch"] = "mlp-bn"  # claims an architecture its weights do not fit

@@ -24,12 +24,12 @@ import numpy as np
 import pytest
 import torch
 
+from ganforge.checkpoint import load_tensors, module_tensors
 from ganforge.cli import main
 from ganforge.config import apply_overrides
 from ganforge.errors import ConfigError
 from ganforge.models import build_models
 from ganforge.recipes import get_recipe
-from ganforge.training.checkpoint import load_tensors, module_tensors
 from ganforge.training.distributed import DistContext, init_distributed, rank_failure
 
 # gloo on CPU processes, also where a GPU is visible (two ranks cannot share one GPU under NCCL)

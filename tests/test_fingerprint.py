@@ -76,7 +76,7 @@ def case_overrides(recipe: str, extra: list[str]) -> list[str]:
 
 def fingerprint(checkpoint: Path) -> dict[str, str]:
     """sha256 over G, D and each optimiser's tensors, in key order, from a training checkpoint."""
-    from ganforge.training.checkpoint import load_tensors
+    from ganforge.checkpoint import load_tensors
 
     tensors, _, _ = load_tensors(checkpoint)
     groups = {"generator": "generator.", "discriminator": "discriminator.", "adam_g": "optim_g.", "adam_d": "optim_d."}
@@ -93,8 +93,8 @@ def fingerprint(checkpoint: Path) -> dict[str, str]:
 def compute_all(workdir: Path) -> dict[str, dict[str, str]]:
     """Run every case (in this process: call it under PINNED_ENV) and return its fingerprints."""
     from ganforge.config import apply_overrides
-    from ganforge.training.loop import train
     from ganforge.recipes import get_recipe
+    from ganforge.training.loop import train
 
     results = {}
     for name, (recipe, extra) in CASES.items():

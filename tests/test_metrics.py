@@ -674,8 +674,8 @@ def test_kid_per_subset_path_equals_precomputed(monkeypatch):
 def test_training_tracks_quality_and_keeps_the_best_checkpoint(tmp_path, tmp_cache):
     """eval.every: one eval record per evaluated epoch in metrics.jsonl, naming the tracked key, and
     checkpoints/best.safetensors holds the epoch whose FD was lowest."""
+    from ganforge.checkpoint import load_tensors
     from ganforge.cli import main
-    from ganforge.training.checkpoint import load_tensors
 
     run = tmp_path / "run"
     tiny = ["--set", "data.max_images=96", "--batch-size", "32", "--set", "train.progress=false"]
@@ -696,8 +696,8 @@ def test_training_tracks_quality_and_keeps_the_best_checkpoint(tmp_path, tmp_cac
 
 def test_training_evaluates_every_n_steps_mid_epoch_too(tmp_path, tmp_cache):
     """eval.every_steps: evaluations at step multiples, inside epochs and at an epoch's last step (once)."""
+    from ganforge.checkpoint import load_tensors
     from ganforge.cli import main
-    from ganforge.training.checkpoint import load_tensors
 
     run = tmp_path / "run"
     tiny = ["--set", "data.max_images=96", "--batch-size", "32", "--set", "train.progress=false"]  # 3 steps/epoch

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from ganforge.checkpoint import load_tensors
 from ganforge.cli import main
 from ganforge.errors import DivergenceError
 from ganforge.losses import GanLoss
-from ganforge.training.checkpoint import load_tensors
 
 TINY = [
     "--set",

@@ -116,12 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-ema", action="store_true", help="use the raw generator even if an EMA was kept")
     gen.set_defaults(func=cmd_generate)
 
-    try:
-        from ganforge.metrics.commands import add_commands
-    except ImportError:  # metrics not installed in this build
-        pass
-    else:
-        add_commands(sub)
+    from ganforge.metrics.commands import add_commands
+
+    add_commands(sub)
     return parser
 
 

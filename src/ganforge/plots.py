@@ -7,6 +7,8 @@ from typing import Any
 
 import matplotlib
 
+from ganforge.checkpoint import atomic_write
+
 matplotlib.use("Agg")  # never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -46,11 +48,10 @@ def plot_training_curves(records: list[dict[str, Any]], path: Path, title: str =
         _plot_quality(axes[2], evals, series)
     if title:
         fig.suptitle(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def _plot_quality(ax: Any, evals: list[dict[str, Any]], series: Any) -> None:

@@ -10,11 +10,11 @@ import torchvision
 from PIL import Image
 from torch import nn
 
+from ganforge.checkpoint import load_module, load_tensors
 from ganforge.config import RunConfig, from_dict
 from ganforge.data import denormalize
 from ganforge.errors import CheckpointError, ConfigError
 from ganforge.models import build_models
-from ganforge.training.checkpoint import load_module, load_tensors
 
 
 @dataclass

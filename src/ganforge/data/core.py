@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ import PIL
 import torch
 from PIL import Image
 
+from ganforge.checkpoint import atomic_write
 from ganforge.errors import ConfigError
 
 logger = logging.getLogger("ganforge.data")
@@ -261,19 +261,10 @@ def write_cache(fp: str, decoded: Decoded, name: str) -> None:
         "class_names": json.dumps(decoded.class_names),
         "skipped": json.dumps(decoded.skipped),
     }
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{fp}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-        tmp = None
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     except OSError as e:  # a read-only or full cache only costs speed
         logger.warning("could not write the dataset cache %s (%s); set GANFORGE_CACHE to a writable folder", path, e)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def warn_skipped(where: str, skipped: list[str]) -> None:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ganforge.checkpoint import atomic_write
 from ganforge.metrics.core import FeatureSet
 
 logger = logging.getLogger("ganforge.metrics")
@@ -29,13 +28,8 @@ STATS_FORMAT = 1
 
 def cache_root() -> Path:
     """The user's ganforge cache (tests monkeypatch this function to a temporary folder)."""
-    try:
-        from ganforge.data import cache_dir
-    except ImportError:  # the data package is optional for pure-metric use; mirror its rule
-        if os.environ.get("GANFORGE_CACHE"):
-            return Path(os.environ["GANFORGE_CACHE"]).expanduser()
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
-        return base / "ganforge"
+    from ganforge.data import cache_dir
+
     return Path(cache_dir())
 
 
@@ -133,20 +127,11 @@ def save_real_stats(path: Path, key: str, feats: FeatureSet, info: dict[str, Any
 
 def write_atomic(path: Path, write: Any, strict: bool = False) -> None:
     """Write via ``write(tmp_path)`` then rename; ``strict`` turns a failed write into a user error."""
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        write(tmp)
-        os.replace(tmp, path)
-        tmp = None
+        atomic_write(path, lambda tmp: write(str(tmp)))
     except OSError as e:  # a read-only cache costs speed, not correctness
         if strict:
             from ganforge.errors import GanforgeError
 
             raise GanforgeError(f"cannot write {path} ({e}); set GANFORGE_CACHE to a writable folder") from None
         logger.warning("could not write %s (%s); set GANFORGE_CACHE to a writable folder", path, e)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)

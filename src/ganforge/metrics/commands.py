@@ -117,12 +117,8 @@ def add_commands(subparsers: Any) -> None:
 
 
 def _device(text: str) -> torch.device:
-    try:
-        from ganforge.training.distributed import select_device
-    except ImportError:  # keep evaluate usable without the training package
-        if text == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(text)
+    from ganforge.device import select_device
+
     return select_device(text)
 
 

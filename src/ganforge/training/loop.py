@@ -37,14 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 import ganforge
-from ganforge.config import RunConfig, to_dict, to_json
-from ganforge.data import denormalize, make_loader
-from ganforge.errors import ConfigError, DivergenceError
-from ganforge.losses import LOSSES
-from ganforge.models import build_models
-from ganforge.plots import plot_training_curves
-from ganforge.sampling import draw_noise, per_class_grid_inputs, save_grid
-from ganforge.training.checkpoint import (
+from ganforge.checkpoint import (
     flatten_state,
     load_module,
     load_tensors,
@@ -52,6 +45,13 @@ from ganforge.training.checkpoint import (
     save_tensors,
     unflatten_state,
 )
+from ganforge.config import RunConfig, to_dict, to_json
+from ganforge.data import denormalize, make_loader
+from ganforge.errors import ConfigError, DivergenceError
+from ganforge.losses import LOSSES
+from ganforge.models import build_models
+from ganforge.plots import plot_training_curves
+from ganforge.sampling import draw_noise, per_class_grid_inputs, save_grid
 from ganforge.training.distributed import (
     DistContext,
     convert_sync_batchnorm,

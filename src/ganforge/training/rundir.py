@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ganforge.checkpoint import atomic_write_text
 from ganforge.errors import ConfigError, GanforgeError
 
 
@@ -128,6 +129,4 @@ class RunDir:
         a resumed run appends its own records instead of duplicating those."""
         kept = [r for r in self.read_records() if r.get("step", 0) <= step or r.get("kind") == "resume"]
         payload = "".join(json.dumps(r) + "\n" for r in kept)
-        tmp = self.metrics.with_suffix(".jsonl.tmp")
-        tmp.write_text(payload)
-        os.replace(tmp, self.metrics)
+        atomic_write_text(self.metrics, payload)

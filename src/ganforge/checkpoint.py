@@ -9,6 +9,8 @@ no code, unlike a pickle, and it does not depend on where our classes live.
 Writes go to a temporary file in the same directory, are flushed and fsynced,
 then ``os.replace``d over the target (and the directory fsynced), so a crash or
 SIGKILL at any instant leaves either the old or the new file, never a torn one.
+``atomic_write`` is that mechanism for every file ganforge writes (checkpoints,
+caches, plots, logs), not only checkpoints.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import struct
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,27 +32,43 @@ from ganforge.errors import CheckpointError
 
 FORMAT = "ganforge-checkpoint"
 FORMAT_VERSION = 1
+TMP_SUFFIX = ".tmp"  # temporary files of atomic writes: .NAME.XXXX.tmp beside their target
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so that readers see the old or the new file, never a mix."""
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Make ``path`` appear whole or not at all: ``write(tmp)`` fills a temporary file beside it, which is
+    fsynced and renamed over ``path`` (then the directory is fsynced, so the rename is durable too).
+
+    A crash, SIGKILL or full disk at any instant leaves the old file or the new one, never a mix; on any
+    failure the temporary file is removed and the error propagates. The one writer every module uses.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
+        write(tmp)
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+        os.replace(tmp, path)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)  # make the rename itself durable
+        os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` atomically (see ``atomic_write``)."""
+    atomic_write(path, lambda tmp: tmp.write_bytes(payload))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any], kind: str) -> None:

@@ -51,6 +51,7 @@ from ganforge.errors import ConfigError, DivergenceError
 from ganforge.losses import LOSSES
 from ganforge.models import build_models
 from ganforge.plots import plot_training_curves
+from ganforge.rundir import RunDir
 from ganforge.sampling import draw_noise, per_class_grid_inputs, save_grid
 from ganforge.training.distributed import (
     DistContext,
@@ -70,7 +71,6 @@ from ganforge.training.fastpath import (
     set_cpu_threads,
     use_onednn_linear,
 )
-from ganforge.training.rundir import RunDir
 
 # Indices into the on-device statistics accumulator (summed per step, read every log_every steps).
 D_LOSS, D_REAL, D_FAKE, N_D, G_LOSS, D_FAKE_AFTER, N_G, N_IMAGES = range(8)

@@ -187,7 +187,7 @@ def worker_flops(args: argparse.Namespace) -> dict:
 
     from ganforge.config import apply_overrides
     from ganforge.training.distributed import DistContext
-    from ganforge.training.loop import _Trainer
+    from ganforge.training.loop import Trainer
 
     _setup_threads(args)
     os.environ["GANFORGE_CPU_LINEAR"] = "blas"  # FlopCounterMode counts aten matmuls, not oneDNN's own op
@@ -197,13 +197,13 @@ def worker_flops(args: argparse.Namespace) -> dict:
     fixed = [f"train.batch_size={batch}", "train.precision=fp32", "train.compile=false", "train.device=cpu"]
     apply_overrides(cfg, fixed)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = _Trainer(cfg, DistContext(), Path(tmp) / "run", None, False, [])
+        trainer = Trainer(cfg, DistContext(), Path(tmp) / "run")
         x, y = next(iter(trainer.loader.epoch(0)))
         cycle = max(cfg.train.d_every, cfg.train.g_every)
         total = 0
         for i in range(cycle):
             with FlopCounterMode(display=False) as counter:
-                trainer._step(x, y, i, batch)
+                trainer.step(x, y, i, batch)
             total += counter.get_total_flops()
     return {"flops_per_image": total / batch / cycle}
 

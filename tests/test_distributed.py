@@ -84,7 +84,7 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 
 def initial_weights(recipe: str, overrides: list[str]) -> dict[str, torch.Tensor]:
-    """The weights training starts from (what ``_Trainer`` builds from the seed)."""
+    """The weights training starts from (what ``build_setup`` builds from the seed)."""
     cfg = get_recipe(recipe)
     apply_overrides(cfg, overrides)
     random.seed(cfg.train.seed)
@@ -182,19 +182,19 @@ def test_mnist_cgan_sync_batchnorm_through_the_console_script(tmp_path):
 TWO_RUNS_THEN_FAIL = """
 import shlex, sys
 from ganforge.cli import main
-from ganforge.training import loop
+from ganforge.training import step
 
 if main(shlex.split(sys.argv[1])) != 0:
     sys.exit(1)
 
-step = loop._Trainer._step
+call = step.TrainStep.__call__
 
 def failing_step(self, *args, **kwargs):
-    if self.ctx.rank == 1 and self.state.step == 1:
+    if self.ctx.rank == 1 and self.step_count == 1:  # the second step of the failing run
         raise RuntimeError("injected failure in rank 1")
-    return step(self, *args, **kwargs)
+    return call(self, *args, **kwargs)
 
-loop._Trainer._step = failing_step
+step.TrainStep.__call__ = failing_step
 sys.exit(main(shlex.split(sys.argv[2])))
 """
 
@@ -263,12 +263,12 @@ def test_rank_errors_name_the_rank_and_reach_torchrun(as_rank_1_of_2, monkeypatc
 
 
 def test_last_batch_too_small_for_the_processes_is_refused(tmp_path):
-    from ganforge.training.loop import _Trainer
+    from ganforge.training.setup import check_shards
 
     cfg = get_recipe("mnist-mlp")
     apply_overrides(cfg, ["data.dataset=digits", "data.max_images=65", "train.batch_size=16"])
     ctx = DistContext(rank=0, world_size=2)  # the check comes before any collective
     with pytest.raises(ConfigError, match="last batch of each epoch has 1 image"):
-        _Trainer(cfg, ctx, tmp_path / "run", None, False, [])
+        check_shards(cfg, 65, ctx.world_size)
     # an uneven but non-empty last batch (2 + 1 images) is fine: rank 1's mean over 1 image weighs 1/3
     assert DistContext(rank=1, world_size=2).shard_weight(3) * 1 / 2 == pytest.approx(1 / 3)

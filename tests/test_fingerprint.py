@@ -92,16 +92,16 @@ def fingerprint(checkpoint: Path) -> dict[str, str]:
 
 def compute_all(workdir: Path) -> dict[str, dict[str, str]]:
     """Run every case (in this process: call it under PINNED_ENV) and return its fingerprints."""
+    import ganforge
     from ganforge.config import apply_overrides
     from ganforge.recipes import get_recipe
-    from ganforge.training.loop import train
 
     results = {}
     for name, (recipe, extra) in CASES.items():
         cfg = get_recipe(recipe)
         apply_overrides(cfg, case_overrides(recipe, extra))
         out = workdir / name.replace("/", "_")
-        train(cfg, out=out)
+        ganforge.train(cfg, out=out)
         results[name] = fingerprint(out / "checkpoints" / "latest.safetensors")
     return results
 

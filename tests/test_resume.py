@@ -17,7 +17,6 @@ import torch
 from ganforge.checkpoint import load_tensors
 from ganforge.cli import main
 from ganforge.errors import DivergenceError
-from ganforge.losses import GanLoss
 
 TINY = [
     "--set",
@@ -170,9 +169,10 @@ def test_sigkill_at_any_instant_never_corrupts_latest(tmp_path):
 
 def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
     from ganforge.config import apply_overrides
+    from ganforge.objectives import LogitObjective
     from ganforge.recipes import get_recipe
     from ganforge.training.distributed import DistContext
-    from ganforge.training.loop import _Trainer
+    from ganforge.training.loop import Trainer
 
     cfg = get_recipe("mnist-mlp")
     apply_overrides(
@@ -186,12 +186,14 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
             "train.epochs=1",
         ],
     )
-    trainer = _Trainer(cfg, DistContext(), tmp_path / "run", None, False, [])
+    trainer = Trainer(cfg, DistContext(), tmp_path / "run")
     trainer.run()
     good = checkpoint_tensors(tmp_path / "run")
     trainer.cfg.train.epochs = 2
     nan = float("nan")
-    trainer.loss = GanLoss(lambda r, f: (r.mean() + f.mean()) * nan, lambda f: f.mean() * nan, "broken")
+    trainer.step.objective = LogitObjective(
+        lambda r, f: (r.mean() + f.mean()) * nan, lambda f, _r: f.mean() * nan, "broken"
+    )
     with pytest.raises(
         DivergenceError, match=r"d_loss, g_loss became nan by step 4 .*last good checkpoint is .*latest"
     ):

@@ -17,7 +17,7 @@ from ganforge.config import apply_overrides
 from ganforge.recipes import get_recipe
 from ganforge.training import fastpath
 from ganforge.training.distributed import DistContext
-from ganforge.training.loop import _Trainer
+from ganforge.training.loop import Trainer
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
@@ -30,19 +30,19 @@ def test_linear_backend_choice_follows_the_environment(monkeypatch):
     assert fastpath.onednn_linear_wanted() == fastpath._onednn_available()
 
 
-def make_trainer(tmp_path, recipe: str, overrides: list[str] = ()) -> _Trainer:
+def make_trainer(tmp_path, recipe: str, overrides: list[str] = ()) -> Trainer:
     cfg = get_recipe(recipe)
     apply_overrides(cfg, ["data.dataset=digits", "data.max_images=64", "train.progress=false", *overrides])
-    return _Trainer(cfg, DistContext(), tmp_path / "run", None, False, [])
+    return Trainer(cfg, DistContext(), tmp_path / "run")
 
 
 def test_conv_models_train_channels_last_on_the_cpu(tmp_path, monkeypatch):
     trainer = make_trainer(tmp_path, "mnist-quick")
-    conv = next(m for m in trainer.discriminator_core.modules() if isinstance(m, nn.Conv2d))
-    assert trainer.channels_last and conv.weight.is_contiguous(memory_format=torch.channels_last)
-    assert not make_trainer(tmp_path / "mlp", "mnist-mlp").channels_last
+    conv = next(m for m in trainer.nets.discriminator_core.modules() if isinstance(m, nn.Conv2d))
+    assert trainer.setup.channels_last and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not make_trainer(tmp_path / "mlp", "mnist-mlp").setup.channels_last
     monkeypatch.setenv("GANFORGE_CPU_CHANNELS_LAST", "0")
-    assert not make_trainer(tmp_path / "off", "mnist-quick").channels_last
+    assert not make_trainer(tmp_path / "off", "mnist-quick").setup.channels_last
 
 
 @pytest.mark.parametrize("recipe", ["mnist-quick", "digits-quick"])

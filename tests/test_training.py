@@ -13,16 +13,19 @@ from ganforge.config import apply_overrides
 from ganforge.losses import LOSSES
 from ganforge.recipes import get_recipe
 from ganforge.training.distributed import DistContext
-from ganforge.training.loop import _Trainer
+from ganforge.training.loop import Trainer
+from ganforge.training.step import STAT_FIELDS
+
+N_D, N_G = STAT_FIELDS.index("n_d"), STAT_FIELDS.index("n_g")
 
 
-def make_trainer(tmp_path, recipe: str = "digits-mlp", overrides: list[str] = ()) -> _Trainer:
+def make_trainer(tmp_path, recipe: str = "digits-mlp", overrides: list[str] = ()) -> Trainer:
     cfg = get_recipe(recipe)
     apply_overrides(cfg, ["data.dataset=digits", "data.max_images=64", "train.progress=false", *overrides])
-    return _Trainer(cfg, DistContext(), tmp_path / "run", None, False, [])
+    return Trainer(cfg, DistContext(), tmp_path / "run")
 
 
-def first_batch(trainer: _Trainer):
+def first_batch(trainer: Trainer):
     x_real, y_real = next(iter(trainer.loader.epoch(0)))
     return x_real, (y_real if trainer.cfg.model.num_classes else None)
 
@@ -77,15 +80,15 @@ def reference_step(g_update, G, D, opt_g, opt_d, x_real, y_real, rng, loss, num_
 def test_step_matches_reference_update_order(tmp_path, recipe, overrides):
     trainer = make_trainer(tmp_path, recipe, ["train.batch_size=16", *overrides])
     cfg = trainer.cfg
-    G, D = copy.deepcopy(trainer.generator_core), copy.deepcopy(trainer.discriminator_core)
+    G, D = copy.deepcopy(trainer.nets.generator_core), copy.deepcopy(trainer.nets.discriminator_core)
     adam = dict(betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, **adam)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, **adam)
     rng = torch.Generator().manual_seed(0)
-    rng.set_state(trainer.noise_rng.get_state())
+    rng.set_state(trainer.noise.rng.get_state())
     x_real, y_real = first_batch(trainer)
     for batch_index in range(2):
-        trainer._step(x_real, y_real, batch_index, x_real.shape[0])
+        trainer.step(x_real, y_real, batch_index, x_real.shape[0])
         reference_step(
             cfg.train.g_update,
             G,
@@ -99,7 +102,7 @@ def test_step_matches_reference_update_order(tmp_path, recipe, overrides):
             cfg.model.num_classes,
             cfg.model.latent_dim,
         )
-    for ours, ref in ((trainer.generator_core, G), (trainer.discriminator_core, D)):
+    for ours, ref in ((trainer.nets.generator_core, G), (trainer.nets.discriminator_core, D)):
         for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"{recipe}: {name} differs")
 
@@ -107,9 +110,9 @@ def test_step_matches_reference_update_order(tmp_path, recipe, overrides):
 def test_same_fake_runs_one_generator_forward_per_step(tmp_path):
     calls = {"g": 0}
     trainer = make_trainer(tmp_path, "mnist-mlp")
-    trainer.generator_core.register_forward_hook(lambda *a: calls.__setitem__("g", calls["g"] + 1))
+    trainer.nets.generator_core.register_forward_hook(lambda *a: calls.__setitem__("g", calls["g"] + 1))
     x_real, y_real = first_batch(trainer)
-    trainer._step(x_real, y_real, 0, x_real.shape[0])
+    trainer.step(x_real, y_real, 0, x_real.shape[0])
     assert calls["g"] == 1
 
 
@@ -119,12 +122,12 @@ def test_d_every_and_g_every_schedule(tmp_path):
     x_real, y_real = first_batch(trainer)
     changed = []
     for batch_index in range(10):
-        g_before = [p.clone() for p in trainer.generator_core.parameters()]
-        d_before = [p.clone() for p in trainer.discriminator_core.parameters()]
-        stats = trainer._step(x_real, y_real, batch_index, x_real.shape[0])
-        g_changed = any(not torch.equal(a, b) for a, b in zip(g_before, trainer.generator_core.parameters()))
-        d_changed = any(not torch.equal(a, b) for a, b in zip(d_before, trainer.discriminator_core.parameters()))
-        changed.append((g_changed, d_changed, int(stats[6].item()), int(stats[3].item())))
+        g_before = [p.clone() for p in trainer.nets.generator_core.parameters()]
+        d_before = [p.clone() for p in trainer.nets.discriminator_core.parameters()]
+        stats = trainer.step(x_real, y_real, batch_index, x_real.shape[0])
+        g_changed = any(not torch.equal(a, b) for a, b in zip(g_before, trainer.nets.generator_core.parameters()))
+        d_changed = any(not torch.equal(a, b) for a, b in zip(d_before, trainer.nets.discriminator_core.parameters()))
+        changed.append((g_changed, d_changed, int(stats.totals[N_G].item()), int(stats.totals[N_D].item())))
     assert [c[0] for c in changed] == [i % 5 == 0 for i in range(10)]
     assert all(c[1] for c in changed)
     assert [c[2] for c in changed] == [int(i % 5 == 0) for i in range(10)]  # counted G steps
@@ -134,17 +137,17 @@ def test_d_step_leaves_generator_untouched_and_g_step_leaves_discriminator(tmp_p
     trainer = make_trainer(tmp_path, "mnist-conv", ["train.g_every=2", "train.d_every=2", "train.batch_size=8"])
     x_real, y_real = first_batch(trainer)
     # batch 1: neither; with d_every=2, g_every=2 both happen on batch 0 only
-    g_before = [p.clone() for p in trainer.generator_core.parameters()]
-    d_before = [p.clone() for p in trainer.discriminator_core.parameters()]
-    trainer._step(x_real, y_real, 1, x_real.shape[0])
-    assert all(torch.equal(a, b) for a, b in zip(g_before, trainer.generator_core.parameters()))
-    assert all(torch.equal(a, b) for a, b in zip(d_before, trainer.discriminator_core.parameters()))
+    g_before = [p.clone() for p in trainer.nets.generator_core.parameters()]
+    d_before = [p.clone() for p in trainer.nets.discriminator_core.parameters()]
+    trainer.step(x_real, y_real, 1, x_real.shape[0])
+    assert all(torch.equal(a, b) for a, b in zip(g_before, trainer.nets.generator_core.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(d_before, trainer.nets.discriminator_core.parameters()))
     # a pure G step (d_every=3 skips D on batch 2, g_every=2 steps G) must not move D
     trainer.cfg.train.d_every = 3
-    trainer._step(x_real, y_real, 2, x_real.shape[0])
-    assert all(torch.equal(a, b) for a, b in zip(d_before, trainer.discriminator_core.parameters()))
-    assert not all(torch.equal(a, b) for a, b in zip(g_before, trainer.generator_core.parameters()))
-    assert all(p.requires_grad for p in trainer.discriminator_core.parameters())
+    trainer.step(x_real, y_real, 2, x_real.shape[0])
+    assert all(torch.equal(a, b) for a, b in zip(d_before, trainer.nets.discriminator_core.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(g_before, trainer.nets.generator_core.parameters()))
+    assert all(p.requires_grad for p in trainer.nets.discriminator_core.parameters())
 
 
 def test_numbered_checkpoints_every_n_epochs_and_only_the_newest_kept(tmp_path):

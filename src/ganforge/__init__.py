@@ -1,6 +1,33 @@
 """ganforge: train, evaluate and sample GANs, from the classic recipes up.
 
-Importing the package touches no GPU and no network.
+    import ganforge
+    cfg = ganforge.get_recipe("digits-quick")
+    result = ganforge.train(cfg, out="runs/quickstart")
+
+Importing the package touches no GPU and no network; the public names below load their modules on
+first use.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "train": ("ganforge.training.loop", "train"),
+    "TrainResult": ("ganforge.training.loop", "TrainResult"),
+    "get_recipe": ("ganforge.recipes", "get_recipe"),
+    "RunConfig": ("ganforge.config", "RunConfig"),
+    "apply_overrides": ("ganforge.config", "apply_overrides"),
+}
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'ganforge' has no attribute {name!r}")
+    import importlib
+
+    module, attr = _PUBLIC[name]
+    return getattr(importlib.import_module(module), attr)

@@ -149,7 +149,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ganforge.config import apply_overrides, to_json
     from ganforge.errors import ConfigError
     from ganforge.recipes import get_recipe
-    from ganforge.training.loop import load_resume_config, train
+    from ganforge.training.loop import train
+    from ganforge.training.state import load_resume_config
 
     # named flags are shorthands for config fields, applied before the --set list
     overrides = [f"{key}={getattr(args, name)}" for name, key in CLI_FIELDS.items() if getattr(args, name) is not None]

@@ -49,7 +49,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "bce"  # key of ganforge.losses.LOSSES
+    name: str = "bce"  # key of ganforge.objectives.OBJECTIVES
 
 
 @dataclass

@@ -125,15 +125,6 @@ class _Batcher:
         self.class_names = list(class_names)
         self.labels = labels.to(self.device) if labels is not None else None  # int64 [N] on the device
         self._scale, self._shift = affine_from_stats(mean, std, channels, self.device)  # [1, C, 1, 1] each
-        last = num_images % batch_size
-        if world_size > 1 and not drop_last and 0 < last < world_size:
-            logger.warning(
-                "%s: the last batch of each epoch has %d images for %d processes, so some get none; "
-                "set train.drop_last=true to avoid empty batches",
-                name,
-                last,
-                world_size,
-            )
 
     @property
     def num_classes(self) -> int:

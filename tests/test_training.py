@@ -181,3 +181,46 @@ def test_short_run_leaves_the_run_directory(tmp_path):
         assert all(r[key] is not None for r in steps), key
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [0, 1]
     assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
+
+
+def test_kept_noise_d_steps_score_the_noise_of_the_last_g_step(tmp_path):
+    """anime-dcgan's original: one noise tensor that only the G step redraws. D steps 1..5 of g_every=5 all
+    score the noise G step 0 drew (the very first D step, before any G step, the initial draw)."""
+    trainer = make_trainer(
+        tmp_path, "mnist-conv", ["train.g_update=kept-noise", "train.g_every=5", "train.batch_size=8"]
+    )
+    seen = []  # (phase, z) for every G forward
+    trainer.nets.generator_core.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
+    x_real, y_real = first_batch(trainer)
+    draws = torch.Generator().manual_seed(0)
+    draws.set_state(trainer.noise.rng.get_state())
+    expected_draws = [torch.randn(8, trainer.cfg.model.latent_dim, generator=draws) for _ in range(3)]
+    for batch_index in range(7):
+        trainer.step(x_real, y_real, batch_index, x_real.shape[0])
+    # forwards: D0, G0, D1, D2, D3, D4, D5, G5, D6
+    d_inputs = [seen[i] for i in (0, 2, 3, 4, 5, 6, 8)]
+    g_inputs = [seen[i] for i in (1, 7)]
+    assert torch.equal(d_inputs[0], expected_draws[0])
+    assert torch.equal(g_inputs[0], expected_draws[1]) and torch.equal(g_inputs[1], expected_draws[2])
+    assert all(torch.equal(z, g_inputs[0]) for z in d_inputs[1:6])
+    assert torch.equal(d_inputs[6], g_inputs[1])
+    assert len(seen) == 9
+
+
+def test_kept_noise_resumes_exactly(tmp_path):
+    """The kept noise is part of the checkpoint: stopping mid-epoch (step 5 of 8, between two G steps) and
+    resuming gives the weights of the straight run."""
+    from ganforge.checkpoint import load_tensors
+
+    base = ["train.g_update=kept-noise", "train.g_every=3", "train.batch_size=16", "train.epochs=2"]
+    straight = make_trainer(tmp_path / "a", "mnist-conv", base).run()
+    stopped = make_trainer(tmp_path / "b", "mnist-conv", [*base, "train.max_steps=5"]).run()
+    cfg = make_trainer(tmp_path / "c", "mnist-conv", base).cfg
+    checkpoint = stopped.run_dir / "checkpoints" / "latest.safetensors"
+    assert "noise.kept_z" in load_tensors(checkpoint)[0]
+    Trainer(cfg, DistContext(), stopped.run_dir, resume=checkpoint).run()
+    a = load_tensors(straight.run_dir / "checkpoints" / "latest.safetensors")[0]
+    b = load_tensors(checkpoint)[0]
+    for key in a:
+        if key.startswith(("generator.", "discriminator.", "noise.")):
+            assert torch.equal(a[key], b[key]), key

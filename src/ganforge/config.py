@@ -72,6 +72,7 @@ class TrainConfig:
     #   same-fake:    D step on G(z).detach(), then G step on D(G(z)) of that same batch
     #   fresh-noise:  D step on G(z1).detach(), then G step on a new z2
     #   simultaneous: one forward; D and G gradients both from it, both stepped
+    #   kept-noise:   one noise tensor, redrawn only by the G step; D steps score G of it as it stands
     g_update: str = "same-fake"
     d_every: int = 1  # a D step on batches where batch_index % d_every == 0
     g_every: int = 1  # a G step on batches where batch_index % g_every == 0
@@ -131,7 +132,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.labels": ("auto", "none", "subfolders", "csv"),
     "data.in_memory": ("auto", "on", "off"),
     "model.init": ("default", "dcgan"),
-    "train.g_update": ("same-fake", "fresh-noise", "simultaneous"),
+    "train.g_update": ("same-fake", "fresh-noise", "simultaneous", "kept-noise"),
     "train.precision": ("fp32", "bf16"),
 }
 POSITIVE = (

@@ -84,7 +84,9 @@ def anime_dcgan() -> RunConfig:
         recipe="anime-dcgan",
         description=(
             "DCGAN on 96x96 RGB faces from any image folder (batch 256, D every batch, G every 5th, 400 epochs; "
-            "generate keeps the 64 of 512 samples D scores highest)."
+            "generate keeps the 64 of 512 samples D scores highest). As the original, one noise tensor is "
+            "redrawn only by the G step, so the D steps between two G steps score the same fakes (until this "
+            "version D drew fresh noise every step)."
         ),
         data=DataConfig(dataset="image-folder", root="data/faces", mean=[0.5], std=[0.5]),
         model=ModelConfig(arch="dcgan96", channels=3, resolution=96, g_width=64, d_width=64),
@@ -94,7 +96,7 @@ def anime_dcgan() -> RunConfig:
             epochs=400,
             batch_size=256,
             drop_last=True,
-            g_update="fresh-noise",
+            g_update="kept-noise",
             d_every=1,
             g_every=5,
             sample_every=5,

@@ -27,6 +27,7 @@ import ganforge
 from ganforge.checkpoint import flatten_state, load_module, load_tensors, module_tensors, save_tensors, unflatten_state
 from ganforge.config import RunConfig, from_dict, to_dict
 from ganforge.errors import CheckpointError, ConfigError
+from ganforge.objectives import Batch
 from ganforge.training.step import Networks, NoiseSource, StepStats
 
 
@@ -65,6 +66,10 @@ def save_training_checkpoint(
     if device.type == "cuda":
         tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
     tensors["rng.noise"] = noise.rng.get_state()
+    if noise.kept is not None:  # kept-noise: the noise the next D phase scores
+        tensors["noise.kept_z"] = noise.kept.x
+        if noise.kept.y is not None:
+            tensors["noise.kept_labels"] = noise.kept.y
     tensors["acc_epoch"] = acc_epoch.totals
     meta = {
         "config": to_dict(cfg),
@@ -123,6 +128,9 @@ def load_training_checkpoint(
         noise.rng.manual_seed(cfg.train.seed + 7919 + meta["state"]["step"])
         log(f"note: checkpoint made on {rng.get('noise_device')}; the noise stream restarts here")
     _set_host_rng_states(rng)
+    if "noise.kept_z" in tensors:
+        labels = tensors.get("noise.kept_labels")
+        noise.kept = Batch(tensors["noise.kept_z"].to(device), None if labels is None else labels.to(device))
     known = {f.name for f in dataclasses.fields(TrainState)}  # older checkpoints carry retired fields
     state = TrainState(**{k: v for k, v in meta["state"].items() if k in known})
     return state, StepStats(tensors["acc_epoch"].to(device)), meta

@@ -6,6 +6,9 @@ Update orders (``train.g_update``):
   fresh-noise   D phase on G(z1) computed without a graph; G phase on a new z2    [mnist-conv, anime-dcgan]
   simultaneous  one forward G(z), D(x_real), D(x_fake); both losses from it, both networks stepped (the
                 Keras/TF custom train_step)                                       [mnist-mlp-bn]
+  kept-noise    one noise tensor that only the G phase redraws (then uses); each D phase scores G of the
+                tensor as it stands, so with g_every=5 the D phases between two G phases see the same
+                noise (and, G unchanged, the same fakes)                          [anime-dcgan]
 ``d_every``/``g_every``: a D (G) phase happens on batches whose index in the epoch is a multiple of it.
 
 The objective (``ganforge.objectives``) decides what each phase minimises; this module decides which
@@ -87,6 +90,7 @@ class NoiseSource:
     def __init__(self, latent_dim: int, num_classes: int, seed: int, ctx: DistContext) -> None:
         self.latent_dim, self.num_classes, self.ctx = latent_dim, num_classes, ctx
         self.rng = torch.Generator(device=ctx.device).manual_seed(seed)
+        self.kept: Batch | None = None  # kept-noise: the noise the last G phase drew (checkpointed)
 
     def draw(self, n_global: int) -> Batch:
         """This rank's shard of a global batch of noise (and uniformly drawn fake labels)."""
@@ -96,6 +100,12 @@ class NoiseSource:
         if self.num_classes > 0:
             labels = torch.randint(self.num_classes, (n_global,), device=self.ctx.device, generator=self.rng)[shard]
         return Batch(z[shard], labels)  # z [b, latent_dim], labels [b]
+
+    def kept_or_first(self, n_global: int) -> Batch:
+        """kept-noise: the kept tensor, drawn once before the first G phase has drawn one."""
+        if self.kept is None:
+            self.kept = self.draw(n_global)
+        return self.kept
 
 
 class DiscriminatorCritic:
@@ -187,9 +197,10 @@ class TrainStep:
     def _alternating(self, real: Batch, batch_index: int, n_global: int, weight: float, stats: StepStats) -> None:
         do_d = batch_index % self.tcfg.d_every == 0
         do_g = batch_index % self.tcfg.g_every == 0
+        kept = self.tcfg.g_update == "kept-noise"
         fake = None
         if do_d:
-            noise = self.noise.draw(n_global)
+            noise = self.noise.kept_or_first(n_global) if kept else self.noise.draw(n_global)
             if self.tcfg.g_update == "same-fake" and do_g:
                 fake = self._generate(noise)  # graph kept for the G phase
                 fake_for_d = Batch(fake.x.detach(), fake.y)
@@ -199,7 +210,10 @@ class TrainStep:
             self._d_phase(real, fake_for_d, weight, stats)
         if do_g:
             if fake is None:
-                fake = self._generate(self.noise.draw(n_global))
+                noise = self.noise.draw(n_global)
+                if kept:
+                    self.noise.kept = noise
+                fake = self._generate(noise)
             self._g_phase(fake, real, weight, stats)
         self.step_count += 1
 

@@ -224,3 +224,76 @@ def test_kept_noise_resumes_exactly(tmp_path):
     for key in a:
         if key.startswith(("generator.", "discriminator.", "noise.")):
             assert torch.equal(a[key], b[key]), key
+
+
+def keras_mlp_bn_reference(latent_dim: int = 100):
+    """mnist-mlp-bn as the spec writes its Keras original, in plain PyTorch: Keras's LeakyReLU(0.3),
+    BatchNormalization(momentum=0.99, epsilon=1e-3), a sigmoid at the end of D."""
+    from torch import nn
+
+    def bn(n):
+        return nn.BatchNorm1d(n, eps=1e-3, momentum=1 - 0.99)
+
+    generator = nn.Sequential(
+        nn.Linear(latent_dim, 256, bias=False), bn(256), nn.LeakyReLU(0.3),
+        nn.Linear(256, 512, bias=False), bn(512), nn.LeakyReLU(0.3),
+        nn.Linear(512, 784, bias=False), nn.Tanh(),
+    )  # fmt: skip
+    discriminator = nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 512), nn.LeakyReLU(0.3), nn.Linear(512, 256), nn.LeakyReLU(0.3),
+        nn.Linear(256, 1), nn.Sigmoid(),
+    )  # fmt: skip
+    return generator, discriminator
+
+
+def test_mnist_mlp_bn_is_the_keras_original(tmp_path):
+    """One step on a short (96-image) batch against the spec's step: 256 noise vectors anyway, one forward,
+    BinaryCrossentropy(from_logits=True) on D's sigmoid output (the double sigmoid), Adam epsilon 1e-7."""
+    import torch.nn.functional as F
+
+    trainer = make_trainer(tmp_path, "mnist-mlp-bn", ["data.max_images=352"])  # 256 + 96
+    cfg = trainer.cfg
+    assert (cfg.optim.eps, cfg.model.init, cfg.train.full_noise_batch) == (1e-7, "keras", True)
+    G, D = keras_mlp_bn_reference()
+    ours_g, ours_d = trainer.nets.generator_core, trainer.nets.discriminator_core
+    # Glorot-uniform kernels, zero biases: every Dense kernel within sqrt(6 / (fan_in + fan_out))
+    for layer in [m for m in (*ours_g.modules(), *ours_d.modules()) if isinstance(m, torch.nn.Linear)]:
+        bound = (6 / (layer.in_features + layer.out_features)) ** 0.5
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.9 * bound
+        assert layer.bias is None or not layer.bias.any()
+    G.load_state_dict(ours_g.net.state_dict())
+    D.load_state_dict({f"{int(k.split('.')[0]) + 1}.{k.split('.')[1]}": v for k, v in ours_d.net.state_dict().items()})
+    opt_g = torch.optim.Adam(G.parameters(), lr=1e-4, eps=1e-7)
+    opt_d = torch.optim.Adam(D.parameters(), lr=1e-4, eps=1e-7)
+    rng = torch.Generator().manual_seed(0)
+    rng.set_state(trainer.noise.rng.get_state())
+    batches = list(trainer.loader.epoch(0))
+    x_short = batches[1][0]
+    assert x_short.shape[0] == 96
+    trainer.step(x_short, None, 1, 96)
+
+    z = torch.randn(256, 100, generator=rng)  # a full batch of noise for 96 real images
+    x_fake = G(z).view(256, 1, 28, 28)
+    out_real, out_fake = D(x_short).squeeze(1), D(x_fake).squeeze(1)  # sigmoid outputs, read as logits below
+    bce = F.binary_cross_entropy_with_logits
+    d_loss = bce(out_real, torch.ones_like(out_real)) + bce(out_fake, torch.zeros_like(out_fake))
+    g_loss = bce(out_fake, torch.ones_like(out_fake))
+    g_grads = torch.autograd.grad(g_loss, list(G.parameters()), retain_graph=True)
+    d_grads = torch.autograd.grad(d_loss, list(D.parameters()))
+    for p, g in (*zip(G.parameters(), g_grads), *zip(D.parameters(), d_grads)):
+        p.grad = g
+    opt_d.step()
+    opt_g.step()
+    for a, b in zip(ours_g.net.state_dict().values(), G.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(ours_d.net.state_dict().values(), D.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_mnist_mlp_bn_single_sigmoid_switch(tmp_path):
+    double = make_trainer(tmp_path / "a", "mnist-mlp-bn")
+    single = make_trainer(tmp_path / "b", "mnist-mlp-bn", ["model.d_output_sigmoid=false"])
+    x = torch.randn(4, 1, 28, 28)
+    logits = single.nets.discriminator_core(x)
+    torch.testing.assert_close(double.nets.discriminator_core(x), torch.sigmoid(logits))
+    assert set(double.nets.discriminator_core.state_dict()) == set(single.nets.discriminator_core.state_dict())

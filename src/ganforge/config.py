@@ -44,7 +44,10 @@ class ModelConfig:
     num_classes: int = 0  # > 0: class-conditional generator and discriminator
     g_width: int = 64  # ngf of the conv generators
     d_width: int = 64  # ndf of the conv discriminators
-    init: str = "default"  # default (PyTorch's) | dcgan (N(0, 0.02) convs, N(1, 0.02) BN)
+    init: str = "default"  # default (PyTorch's) | dcgan (N(0, 0.02) convs, N(1, 0.02) BN) | keras (Glorot, zero bias)
+    # D ends in a sigmoid that the loss, which reads D's output as a logit, applies again: mnist-mlp-bn's
+    # Keras original (from_logits=True on a sigmoid output). Only the MLP discriminators have it.
+    d_output_sigmoid: bool = False
 
 
 @dataclass
@@ -85,6 +88,9 @@ class TrainConfig:
     deterministic: bool = False
     channels_last: bool = False  # memory format for conv models
     ema_decay: float = 0.0  # > 0: keep an exponential moving average of G for sampling
+    # every step draws batch_size noise vectors, also for an epoch's short last batch (mnist-mlp-bn's Keras
+    # original); off: as many as there are real images
+    full_noise_batch: bool = False
     sync_batchnorm: bool = False  # distributed runs: BatchNorm statistics over the global batch
     log_every: int = 50  # steps between metrics.jsonl records
     sample_every: int = 1  # epochs between sample grids
@@ -131,7 +137,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.split": ("train", "test"),
     "data.labels": ("auto", "none", "subfolders", "csv"),
     "data.in_memory": ("auto", "on", "off"),
-    "model.init": ("default", "dcgan"),
+    "model.init": ("default", "dcgan", "keras"),
     "train.g_update": ("same-fake", "fresh-noise", "simultaneous", "kept-noise"),
     "train.precision": ("fp32", "bf16"),
 }

@@ -112,15 +112,19 @@ def mnist_mlp_bn() -> RunConfig:
     return RunConfig(
         recipe="mnist-mlp-bn",
         description=(
-            "MLP GAN with BatchNorm in G, losses written out (batch 256, Adam 1e-4, 100 epochs); "
-            "--set loss.name=bce-saturating selects the minimax G loss."
+            "MLP GAN with BatchNorm in G, losses written out (batch 256, Adam 1e-4, 100 epochs), with the Keras "
+            "original's defaults (LeakyReLU 0.3, BatchNorm momentum 0.99 / epsilon 1e-3, Glorot-uniform kernels, "
+            "Adam epsilon 1e-7, 256 noise vectors also for the short last batch). Faithful to its flaw: D ends in "
+            "a sigmoid and the loss applies one again, so D's effective probability stays in (0.5, 0.731); "
+            "--set model.d_output_sigmoid=false is the single-sigmoid form. --set loss.name=bce-saturating "
+            "selects the minimax G loss. (Until this version: PyTorch's defaults and a single sigmoid.)"
         ),
         data=DataConfig(dataset="mnist", mean=[0.5], std=[0.5]),
-        model=ModelConfig(arch="mlp-bn", channels=1, resolution=28),
+        model=ModelConfig(arch="mlp-bn", channels=1, resolution=28, init="keras", d_output_sigmoid=True),
         loss=LossConfig(name="bce"),
-        optim=OptimConfig(lr_g=1e-4, lr_d=1e-4),
+        optim=OptimConfig(lr_g=1e-4, lr_d=1e-4, eps=1e-7),
         # D and G gradients both come from one forward pass, then both are stepped.
-        train=TrainConfig(epochs=100, batch_size=256, g_update="simultaneous", log_every=20),
+        train=TrainConfig(epochs=100, batch_size=256, g_update="simultaneous", full_noise_batch=True, log_every=20),
     )
 
 

@@ -16,7 +16,7 @@ from ganforge.errors import ConfigError
 from ganforge.models.base import CONDITIONAL_ARCHS, Discriminator, GanModule, Generator
 from ganforge.models.conv import ConvDiscriminator, ConvGenerator, build_conv
 from ganforge.models.dcgan import DCGANDiscriminator, DCGANGenerator, build_cdcgan, build_dcgan96
-from ganforge.models.init import dcgan_init_
+from ganforge.models.init import dcgan_init_, keras_init_
 from ganforge.models.mlp import MLPDiscriminator, MLPGenerator, build_mlp, build_mlp_bn
 from ganforge.models.quick import QuickDiscriminator, QuickGenerator, build_dcgan28
 from ganforge.registry import Registry
@@ -31,7 +31,7 @@ MODELS.register("cdcgan")(build_cdcgan)  # mnist-cgan
 MODELS.register("dcgan96")(build_dcgan96)  # anime-dcgan
 MODELS.register("dcgan28")(build_dcgan28)  # mnist-quick, digits-quick
 
-INITS = ("default", "dcgan")
+INITS = ("default", "dcgan", "keras")
 _POSITIVE = ("latent_dim", "channels", "resolution", "g_width", "d_width")
 
 
@@ -50,9 +50,12 @@ def build_models(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
     if cfg.num_classes < 0:
         raise ConfigError(f"model.num_classes={cfg.num_classes} must be >= 0")
     generator, discriminator = MODELS.get(cfg.arch)(cfg)
-    if cfg.init == "dcgan":
-        dcgan_init_(generator)
-        dcgan_init_(discriminator)
+    if cfg.d_output_sigmoid and cfg.arch not in ("mlp", "mlp-bn"):
+        raise ConfigError(f"model.d_output_sigmoid=true is supported by the MLP archs only, not {cfg.arch!r}")
+    initialise = {"dcgan": dcgan_init_, "keras": keras_init_}.get(cfg.init)
+    if initialise is not None:
+        initialise(generator)
+        initialise(discriminator)
     return generator, discriminator
 
 
@@ -74,4 +77,5 @@ __all__ = [
     "QuickGenerator",
     "build_models",
     "dcgan_init_",
+    "keras_init_",
 ]

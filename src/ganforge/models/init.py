@@ -23,3 +23,15 @@ def dcgan_init_(module: nn.Module) -> nn.Module:
             nn.init.normal_(m.weight, mean=1.0, std=0.02)
             nn.init.zeros_(m.bias)
     return module
+
+
+@torch.no_grad()
+def keras_init_(module: nn.Module) -> nn.Module:
+    """In place, Keras's defaults: Dense and Conv kernels Glorot-uniform, biases zero (BatchNorm keeps
+    gamma 1, beta 0, which both frameworks share); returns ``module``."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, *_CONVS)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module

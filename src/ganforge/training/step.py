@@ -190,6 +190,10 @@ class TrainStep:
             stats.totals[_MEANS] *= weight
         return stats
 
+    def _draw(self, n_global: int) -> Batch:
+        """Noise for a batch of ``n_global`` images (``full_noise_batch``: a whole batch's worth, always)."""
+        return self.noise.draw(self.tcfg.batch_size if self.tcfg.full_noise_batch else n_global)
+
     def _generate(self, noise: Batch) -> Batch:
         with self.autocast():
             return Batch(self.nets.generator(noise.x, noise.y), noise.y)  # x [b, C, H, W]
@@ -200,7 +204,7 @@ class TrainStep:
         kept = self.tcfg.g_update == "kept-noise"
         fake = None
         if do_d:
-            noise = self.noise.kept_or_first(n_global) if kept else self.noise.draw(n_global)
+            noise = self.noise.kept_or_first(n_global) if kept else self._draw(n_global)
             if self.tcfg.g_update == "same-fake" and do_g:
                 fake = self._generate(noise)  # graph kept for the G phase
                 fake_for_d = Batch(fake.x.detach(), fake.y)
@@ -210,7 +214,7 @@ class TrainStep:
             self._d_phase(real, fake_for_d, weight, stats)
         if do_g:
             if fake is None:
-                noise = self.noise.draw(n_global)
+                noise = self._draw(n_global)
                 if kept:
                     self.noise.kept = noise
                 fake = self._generate(noise)
@@ -242,7 +246,7 @@ class TrainStep:
 
     def _simultaneous(self, real: Batch, n_global: int, weight: float, stats: StepStats) -> None:
         nets = self.nets
-        fake = self._generate(self.noise.draw(n_global))
+        fake = self._generate(self._draw(n_global))
         d, g = self.objective.joint(self.critic(nets.discriminator), real, fake, self.step_count)
         nets.opt_d.zero_grad(set_to_none=True)
         nets.opt_g.zero_grad(set_to_none=True)

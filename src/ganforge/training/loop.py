@@ -13,6 +13,7 @@ its shard; rank 0 alone writes files.
 from __future__ import annotations
 
 import math
+import shutil
 import signal
 import sys
 import time
@@ -101,6 +102,8 @@ class Trainer:
         self.acc_epoch = StepStats.zeros(ctx.device)
         self._last_plot = -math.inf
         self._last_eval_step = -1  # an epoch end does not evaluate again what a step-triggered evaluation just did
+        self.stop = StopFlag()
+        self._fresh = resume is None  # a new run directory, which an interrupt before any checkpoint removes
         self.run_dir = RunDir(out) if out is not None else RunDir(run_dir_of(resume))
         if resume is not None:
             self._resume(resume, resume_overrides or [])
@@ -126,32 +129,40 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        """Train to the configured end; Ctrl-C / SIGTERM saves and stops (a second one stops at once)."""
+        try:
+            with self.stop:
+                return self._run()
+        except KeyboardInterrupt:
+            self._after_interrupt()
+            raise
+
+    def _run(self) -> TrainResult:
         tcfg, state, per_epoch = self.cfg.train, self.state, self.loader.batches_per_epoch
         if state.step == 0:
             self.log(f"run directory: {self.run_dir.path}")
         stopped: str | None = None
         clock = _Clock(state.elapsed)
         window = StepStats.zeros(self.ctx.device)
-        with StopFlag() as stop:
-            while state.epoch < tcfg.epochs and stopped is None:
-                if state.batch_in_epoch == 0:
-                    self.acc_epoch.zero_()
-                with self._progress_bar(per_epoch) as bar:
-                    for x_real, y_real in self.loader.epoch(state.epoch, start_batch=state.batch_in_epoch):
-                        self._train_one_batch(x_real, y_real, window)
-                        state.elapsed = clock.elapsed()
-                        bar.update(1)
-                        if state.step % tcfg.log_every == 0:
-                            bar.set_postfix_str(self._log_window(window, clock.lap(), per_epoch))
-                        if self.cfg.eval.every_steps and state.step % self.cfg.eval.every_steps == 0:
-                            self._evaluate_mid_epoch(per_epoch)
-                        stopped = self._stop_reason(stop)
-                        if self.ctx.any_flag(stopped is not None):
-                            stopped = stopped or "another process stopped"
-                            break
-                if state.batch_in_epoch >= per_epoch:
-                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-                    self._end_of_epoch(per_epoch)
+        while state.epoch < tcfg.epochs and stopped is None:
+            if state.batch_in_epoch == 0:
+                self.acc_epoch.zero_()
+            with self._progress_bar(per_epoch) as bar:
+                for x_real, y_real in self.loader.epoch(state.epoch, start_batch=state.batch_in_epoch):
+                    self._train_one_batch(x_real, y_real, window)
+                    state.elapsed = clock.elapsed()
+                    bar.update(1)
+                    if state.step % tcfg.log_every == 0:
+                        bar.set_postfix_str(self._log_window(window, clock.lap(), per_epoch))
+                    if self.cfg.eval.every_steps and state.step % self.cfg.eval.every_steps == 0:
+                        self._evaluate_mid_epoch(per_epoch)
+                    stopped = self._stop_reason()
+                    if self.ctx.any_flag(stopped is not None):
+                        stopped = stopped or "another process stopped"
+                        break
+            if state.batch_in_epoch >= per_epoch:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                self._end_of_epoch(per_epoch)
         if window.any() and state.step % tcfg.log_every:
             self._log_window(window, clock.lap(), per_epoch)
         if stopped is not None and state.batch_in_epoch > 0:
@@ -175,14 +186,14 @@ class Trainer:
         state.step += 1
         state.batch_in_epoch += 1
 
-    def _stop_reason(self, stop: StopFlag) -> str | None:
+    def _stop_reason(self) -> str | None:
         tcfg, state = self.cfg.train, self.state
         if tcfg.max_steps and state.step >= tcfg.max_steps:
             return f"reached --max-steps {tcfg.max_steps}"
         if tcfg.max_time and state.elapsed >= tcfg.max_time * 60:
             return f"reached --max-time {tcfg.max_time:g} min"
-        if stop.signum is not None:
-            return f"stopped by {signal.Signals(stop.signum).name}"
+        if self.stop.signum is not None:
+            return f"stopped by {signal.Signals(self.stop.signum).name}"
         return None
 
     def _progress_bar(self, per_epoch: int) -> tqdm:
@@ -229,7 +240,7 @@ class Trainer:
             raise DivergenceError(
                 f"training diverged: {', '.join(bad)} became {record[bad[0]]} by step {record['step']} "
                 f"(in the last {self.cfg.train.log_every} steps); "
-                + (f"the last good checkpoint is {last}; " if last else "")
+                + (f"the last good checkpoint is {last}; " if last else "nothing was saved yet (no checkpoint); ")
                 + "try a lower learning rate (--set optim.lr_d=..., optim.lr_g=...)"
             )
 
@@ -288,20 +299,37 @@ class Trainer:
         return improved
 
     def _check_weights_finite(self) -> None:
-        modules = (self.nets.generator_core, self.nets.discriminator_core)
-        if not all(
-            bool(torch.isfinite(t).all()) for m in modules for t in m.state_dict().values() if t.is_floating_point()
-        ):
-            raise DivergenceError(
-                f"training diverged: a weight became NaN/inf by epoch {self.state.epoch} (step {self.state.step}); "
-                f"the last good checkpoint is {self.run_dir.latest}; try lower learning rates"
-            )
+        tensors = [t for m in (self.nets.generator_core, self.nets.discriminator_core) for t in m.state_dict().values()]
+        if all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point()):
+            return
+        latest = self.run_dir.latest
+        saved = f"the last good checkpoint is {latest}" if latest.exists() else "nothing was saved yet"
+        raise DivergenceError(
+            f"training diverged: a weight became NaN/inf by epoch {self.state.epoch} (step {self.state.step}); "
+            f"{saved}; try lower learning rates"
+        )
 
     def _save_checkpoint(self, path: Path) -> None:
         if self.ctx.is_main:
-            save_training_checkpoint(
-                path, self.cfg, self.nets, self.noise, self.acc_epoch, self.state, self.ctx.world_size
-            )
+            with self.stop.protect():  # no Ctrl-C aborts a save half-way
+                save_training_checkpoint(
+                    path, self.cfg, self.nets, self.noise, self.acc_epoch, self.state, self.ctx.world_size
+                )
+            self.stop.saved()  # a second Ctrl-C waiting for this save stops here
+
+    def _after_interrupt(self) -> None:
+        """Say what a second Ctrl-C left; a new run with nothing saved leaves no directory behind."""
+        if not self.ctx.is_main:
+            return
+        latest = self.run_dir.latest
+        if latest.exists():
+            self.log(f"interrupted at step {self.state.step}; the last checkpoint is {latest}. "
+                     f"Resume with: ganforge train --resume {self.run_dir.path}")  # fmt: skip
+        elif self._fresh and self.run_dir.path.exists():
+            shutil.rmtree(self.run_dir.path, ignore_errors=True)
+            self.log(f"interrupted at step {self.state.step}: nothing saved yet; removed {self.run_dir.path}")
+        else:
+            self.log(f"interrupted at step {self.state.step}: nothing saved yet")
 
     def _sampling_generator(self) -> torch.nn.Module:
         return self.nets.ema if self.nets.ema is not None else self.nets.generator_core

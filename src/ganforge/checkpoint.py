@@ -113,6 +113,35 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], s
     return tensors, meta, header.get("kind", "")
 
 
+def read_metadata(path: Path) -> tuple[dict[str, Any], str]:
+    """(meta, kind) of a ganforge safetensors file from its header alone: no tensor bytes are read, so listing
+    a run's 76 MB checkpoints costs a few kilobytes each. Errors as ``load_tensors``'s."""
+    path = Path(path)
+    truncated = CheckpointError(f"{path} is truncated or not a checkpoint file; use another checkpoint")
+    try:
+        with path.open("rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise truncated
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > 100_000_000:
+                raise truncated
+            header_bytes = handle.read(header_len)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    if len(header_bytes) < header_len:
+        raise truncated
+    try:
+        header = json.loads(header_bytes)
+        metadata = header.get("__metadata__", {}) or {}
+        meta = json.loads(metadata["meta"])
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError):
+        raise truncated from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not a ganforge checkpoint (no ganforge header)")
+    return meta, metadata.get("kind", "")
+
+
 def _read_header(path: Path, payload: bytes) -> dict[str, str]:
     """Parse the safetensors header (8-byte little-endian length, then JSON) without loading tensors."""
     truncated = CheckpointError(f"{path} is truncated or not a checkpoint file; use another checkpoint")

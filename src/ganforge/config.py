@@ -99,6 +99,9 @@ class TrainConfig:
     grid_size: int = 64  # samples in each grid (conditional: grid_columns per class row)
     grid_columns: int = 8
     progress: bool = True  # tqdm bar per epoch
+    tensorboard: bool = False  # also log to RUN/tensorboard/ (needs the extra: pip install ganforge[tensorboard])
+    report: bool = True  # keep RUN/report.html (ganforge report) current while training
+    report_every_s: float = 60.0  # rewrite report.html at most this often (seconds); always at the end
 
 
 @dataclass
@@ -158,6 +161,7 @@ POSITIVE = (
     "train.checkpoint_every",
     "train.grid_size",
     "train.grid_columns",
+    "train.report_every_s",
     "eval.num_samples",
     "sample.num",
     "sample.candidates",

@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ganforge.metrics.commands import add_commands
 
     add_commands(sub)
+    from ganforge.report.commands import add_commands as add_report_commands
+
+    add_report_commands(sub)
     return parser
 
 

@@ -1,6 +1,6 @@
 """Plotly chart specifications (JSON) for a run's records, or several runs overlaid.
 
-Each chart is ``{"id", "title", "data", "layout", "x": {"step": [...], "epoch": [...]}}``: the traces are
+Each chart is ``{"id", "title", "section", "data", "layout", "x": {"step": [...], "epoch": [...]}}``: the traces are
 plotly's own (built with ``plotly.graph_objects``, so a misspelt property fails here, not in the browser);
 ``x`` holds each trace's x values against both axes, and the page switches between them.
 """
@@ -44,8 +44,15 @@ def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
 class Chart:
     """One chart being built: traces plus their x values against step and epoch."""
 
-    def __init__(self, chart_id: str, title: str, y_title: str, y_range: tuple[float, float] | None = None) -> None:
-        self.chart_id, self.title = chart_id, title
+    def __init__(
+        self,
+        chart_id: str,
+        title: str,
+        y_title: str,
+        y_range: tuple[float, float] | None = None,
+        section: str = "training",
+    ) -> None:
+        self.chart_id, self.title, self.section = chart_id, title, section  # section: where the page shows it
         self.traces: list[dict[str, Any]] = []
         self.x: dict[str, list[list[Any]]] = {"step": [], "epoch": []}
         yaxis: dict[str, Any] = {"title": {"text": y_title}, "zeroline": False}
@@ -88,7 +95,8 @@ class Chart:
     def spec(self) -> dict[str, Any] | None:
         if not self.traces:
             return None
-        return {"id": self.chart_id, "title": self.title, "data": self.traces, "layout": self.layout, "x": self.x}
+        return {"id": self.chart_id, "title": self.title, "section": self.section, "data": self.traces,
+                "layout": self.layout, "x": self.x}  # fmt: skip
 
 
 def lower_is_better(run: RunView, metric: str) -> bool | None:
@@ -106,29 +114,34 @@ def lower_is_better(run: RunView, metric: str) -> bool | None:
 
 
 def run_charts(run: RunView) -> list[dict[str, Any]]:
-    """The charts of one run: losses, D outputs, images/s, then one per quality metric."""
+    """The charts of one run: losses, D outputs, images/s and the tracked metric (section "training"), then one
+    per other quality metric (section "quality")."""
     steps, epochs, evals = run.of_kind("step"), run.of_kind("epoch"), run.of_kind("eval")
     charts = []
     for chart_id, title, y_title, curves, y_range in (
-        ("losses", "D and G loss", "loss", LOSSES, None),
-        ("d-outputs", "Discriminator outputs (mean probability)", "D", D_OUTPUTS, (-0.02, 1.02)),
+        ("losses", "D and G loss (dots: epoch means)", "loss", LOSSES, None),
+        ("d-outputs", "Mean D outputs (dots: epoch means)", "D", D_OUTPUTS, (-0.02, 1.02)),
     ):
         chart = Chart(chart_id, title, y_title, y_range)
         for key, name, color in curves:
-            chart.add(steps, key, name=name, mode="lines", line={"color": color, "width": 1.2}, opacity=0.8)
-            chart.add(epochs, key, name=f"{name} (epoch mean)", mode="markers", marker={"color": color, "size": 6})
+            chart.add(steps, key, name=name, mode="lines", line={"color": color, "width": 1.2}, opacity=0.8,
+                      legendgroup=key)  # fmt: skip
+            chart.add(epochs, key, name=f"{name} (epoch mean)", mode="markers", marker={"color": color, "size": 6},
+                      legendgroup=key, showlegend=False)  # fmt: skip
         charts.append(chart.spec())
     speed = Chart("speed", "Training speed", "images/s")
     speed.add(steps, "images_per_s", name="images/s", mode="lines", line={"color": "#17becf"})
     charts.append(speed.spec())
     tracked, _ = run.tracked
     names = run.metric_names
-    for index, metric in enumerate(names):
+    for index, metric in sorted(enumerate(names), key=lambda item: item[1] != tracked):  # the tracked one first
         if metric.startswith(NO_DIRECTION) and metric.replace("_se_", "_", 1) in names:
             continue  # kid_se_X is drawn as the error bars of kid_X
         direction = lower_is_better(run, metric)
         hint = {True: "lower is better", False: "higher is better", None: ""}[direction]
-        chart = Chart(f"metric-{index}", metric + (" (tracked)" if metric == tracked else ""), hint)
+        is_tracked = metric == tracked
+        chart = Chart(f"metric-{index}", metric + (" (tracked)" if is_tracked else ""), hint,
+                      section="training" if is_tracked else "quality")  # fmt: skip
         style: dict[str, Any] = {"mode": "lines+markers", "line": {"color": COLORS[4]}}
         error_key = metric.replace("_", "_se_", 1)
         if error_key in names:

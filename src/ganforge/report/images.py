@@ -115,6 +115,6 @@ def crop_rows(path: Path, rows: int, padding: int = 2) -> list[str]:
             top = padding + row * (cell + padding)
             strip = image.crop((0, top, width, top + cell))
             buffer = io.BytesIO()
-            strip.save(buffer, format="PNG", optimize=True)
+            strip.save(buffer, format="PNG")
             uris.append(data_uri(buffer.getvalue(), "image/png"))
     return uris

@@ -126,7 +126,7 @@ h1 { font-size: 22px; margin: 8px 0 4px; } h2 { font-size: 17px; margin: 28px 0 
 .status-stopped, .status-interrupted { background: #fdebd2; color: #8a4b08; } .status-not { background: #eee; }
 pre, code { font: 12.5px ui-monospace, 'SFMono-Regular', Menlo, monospace; }
 pre.command { background: #1f2430; color: #e6e6e6; padding: 8px 12px; border-radius: 6px; overflow-x: auto; }
-.charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(400px, 1fr)); gap: 12px; }
+.charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(290px, 1fr)); gap: 12px; }
 .chart { background: #fff; border: 1px solid #e2e4e8; border-radius: 8px; min-height: 340px; }
 .axis-choice { margin-bottom: 8px; }
 .timeline { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
@@ -184,11 +184,16 @@ def write_page(out: Path, page: str) -> None:
         raise GanforgeError(f"cannot write {out} ({exc.strerror}); choose another --out") from None
 
 
+@functools.lru_cache(maxsize=8)
+def _template(source: str) -> jinja2.Template:
+    return _ENV.from_string(source)  # compiled once per process (the training observer renders every minute)
+
+
 def render_page(title: str, body_template: str, context: dict[str, Any], data: dict[str, Any]) -> str:
     """The whole page: ``body_template`` (jinja2, autoescaped) rendered with ``context``; ``data`` for the
     scripts (``charts`` and ``timeline``)."""
-    body = _ENV.from_string(body_template).render(**context)
-    return _ENV.from_string(TEMPLATE).render(
+    body = _template(body_template).render(**context)
+    return _template(TEMPLATE).render(
         title=title,
         style=Markup(STYLE),
         body=Markup(body),

@@ -34,7 +34,7 @@ BODY = """
   <label><input type="radio" name="x-axis" value="step" checked> step</label>
   <label><input type="radio" name="x-axis" value="epoch"> epoch</label>
   <span class="muted">&nbsp;hover for values, drag to zoom, double-click to reset</span></div>
-<div class="charts">{% for chart in charts if not chart.id.startswith("metric-") %}
+<div class="charts">{% for chart in charts if chart.section == "training" %}
 <div class="chart" id="chart-{{ chart.id }}"></div>{% endfor %}</div>
 {% else %}<p class="muted">No records yet.</p>{% endif %}
 
@@ -63,7 +63,7 @@ BODY = """
 
 <h2>Quality evaluations</h2>
 {% if metric_rows %}
-<div class="charts">{% for chart in charts if chart.id.startswith("metric-") %}
+<div class="charts">{% for chart in charts if chart.section == "quality" %}
 <div class="chart" id="chart-{{ chart.id }}"></div>{% endfor %}</div><br>
 <table><tr><th>step</th><th>epoch</th>{% for name in metric_names %}<th>{{ name }}</th>{% endfor %}
 <th class="left"></th></tr>

@@ -212,9 +212,13 @@ def test_report_of_a_run_in_progress_with_a_half_written_line(run_a, tmp_path, b
     complete = [line for line in lines if json.loads(line)["kind"] != "stop"]
     torn = json.dumps({"kind": "step", "step": 999, "d_loss": 0.5})[:25]
     (run / "metrics.jsonl").write_text("\n".join(complete) + "\n" + torn)
+    grids = sorted((run / "samples").glob("epoch_*.png"))
+    payload = grids[-1].read_bytes()
+    (run / "samples" / "epoch_0003.png").write_bytes(payload[: len(payload) // 2])  # a grid being written
     view = load_run(run)
     assert view.status == "running"
     assert len(view.records) == len(complete) and all(r["step"] != 999 for r in view.records)
+    assert [g.path for g in view.grids] == grids  # the torn grid waits for the next report
     page = write_report(run)
     assert "running" in page.read_text()
     open_page(browser, page)
@@ -223,7 +227,7 @@ def test_report_of_a_run_in_progress_with_a_half_written_line(run_a, tmp_path, b
 
 
 def test_status_stopped_interrupted_and_not_started(run_a, tmp_path):
-    from ganforge.report import load_run
+    from ganforge.report import load_run, write_report
 
     run = tmp_path / "run"
     shutil.copytree(run_a, run)
@@ -248,6 +252,9 @@ def test_status_stopped_interrupted_and_not_started(run_a, tmp_path):
 
     metrics.write_text("")
     assert load_run(run).status == "not started"
+    shutil.rmtree(run / "samples")
+    page = write_report(run)  # nothing to draw yet: still a page
+    assert page_data(page)["charts"] == [] and "No records yet" in page.read_text()
 
 
 def test_report_observer_rewrites_at_most_every_interval(run_a, tmp_path):

@@ -27,6 +27,7 @@ NOT_EXPORTS = {"config.json"}  # files of the run itself, listed elsewhere in th
 _EPOCH_GRID = re.compile(r"epoch_(\d+)\.png$")
 _STEP_GRID = re.compile(r"step_(\d+)\.png$")
 _EPOCH_CHECKPOINT = re.compile(r"epoch_(\d+)\.safetensors$")
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk every complete PNG ends with
 
 
 @dataclass
@@ -183,7 +184,7 @@ def load_run(path: Path) -> RunView:
     view = RunView(path=path, config=config, records=records, status=status, status_detail=detail)
     view.grids = _grids(layout, records)
     real = layout.samples / "real.png"
-    view.real_grid = real if real.is_file() else None
+    view.real_grid = real if is_complete_png(real) else None
     view.checkpoints = [_file_info(p) for p in sorted(layout.checkpoints.glob("*.safetensors"), key=_checkpoint_order)]
     view.exports = _exports(path)
     latest = next((c for c in view.checkpoints if c.path.name == "latest.safetensors"), None)
@@ -225,6 +226,8 @@ def _grids(layout: RunDir, records: list[dict[str, Any]]) -> list[Grid]:
     progress_at = {r["step"]: r.get("epoch_progress") for r in records if "step" in r and "epoch_progress" in r}
     grids = []
     for path in layout.samples.glob("*.png") if layout.samples.is_dir() else []:
+        if not is_complete_png(path):
+            continue  # being written (grids are saved in place): it appears in the next report
         if match := _EPOCH_GRID.fullmatch(path.name):
             epoch = int(match.group(1))
             grids.append(Grid(path, f"epoch {epoch}", float(epoch), epoch_end_step.get(epoch)))
@@ -234,6 +237,19 @@ def _grids(layout: RunDir, records: list[dict[str, Any]]) -> list[Grid]:
             progress = progress_at[max(earlier)] if earlier else None
             grids.append(Grid(path, f"step {step}", progress, step))
     return sorted(grids, key=lambda g: (g.epoch if g.epoch is not None else math.inf, g.step or 0))
+
+
+def is_complete_png(path: Path) -> bool:
+    """Whether ``path`` is a whole PNG file: one being written, or torn by a kill, lacks the final IEND chunk."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, 2)
+            if handle.tell() < len(PNG_END):
+                return False
+            handle.seek(-len(PNG_END), 2)
+            return handle.read() == PNG_END
+    except OSError:
+        return False
 
 
 def _checkpoint_order(path: Path) -> tuple[int, int, str]:

@@ -55,10 +55,16 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
     return [summarize(load_run(path)) for path in find_runs(root)]
 
 
+def _cell(row: dict[str, Any], column: str) -> str:
+    if column == "status" and row["status"] in ("stopped", "interrupted"):
+        return f"{row['status']} ({row['status_detail'].split(' (')[0].split(';')[0]})"
+    return str(row[column]) if row[column] != "" else "-"
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no runs found"
-    cells = [[str(row[c]) if row[c] != "" else "-" for c in COLUMNS] for row in rows]
+    cells = [[_cell(row, c) for c in COLUMNS] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(COLUMNS)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]

@@ -29,6 +29,8 @@ LAYERS = {
     "objectives": 3,
     "sampling": 4,
     "metrics": 4,
+    "report": 5,
+    "tensorboard": 5,
     "training": 6,
     "cli": 7,
     "__main__": 7,

@@ -175,10 +175,14 @@ def test_report_header_tables_and_files(run_a, tmp_path):
 
 
 def test_no_embed_links_the_grids_relative_to_the_page(run_a, tmp_path):
-    from ganforge.report import write_report
+    from ganforge.report import write_compare, write_report
 
     embedded = write_report(run_a, tmp_path / "embedded.html")
     linked = write_report(run_a, tmp_path / "sub" / "linked.html", embed=False)
+    compared = write_compare([run_a, run_a], tmp_path / "sub" / "compare.html", embed=False)
+    assert 'width="0"' not in compared.read_text()
+    for panel in page_data(compared)["timeline"]["panels"]:
+        assert all((compared.parent / frame).resolve().is_file() for frame in panel["frames"])
     frames = page_data(linked)["timeline"]["panels"][0]["frames"]
     assert len(frames) == 2
     for frame in frames:
@@ -301,6 +305,29 @@ def test_timeline_fits_its_budget_for_a_400_epoch_run(run_a, tmp_path):
     page = write_report(run)
     assert page.stat().st_size < 5_000_000
     assert len(page_data(page)["timeline"]["positions"]) == 400
+
+
+def test_large_grids_are_embedded_as_jpeg_and_small_ones_as_png(run_a, tmp_path):
+    import base64
+
+    import numpy as np
+    from PIL import Image
+
+    from ganforge.report.images import FULL_PNG_LIMIT, full_uri
+
+    small = sorted((run_a / "samples").glob("epoch_*.png"))[-1]
+    assert small.stat().st_size <= FULL_PNG_LIMIT
+    assert base64.b64decode(full_uri(small).split(",", 1)[1]) == small.read_bytes()  # as it is
+    large = tmp_path / "faces.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (776, 776, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(large)
+    assert large.stat().st_size > FULL_PNG_LIMIT
+    uri = full_uri(large)
+    assert uri.startswith("data:image/jpeg;base64,")
+    decoded = tmp_path / "decoded.jpg"
+    decoded.write_bytes(base64.b64decode(uri.split(",", 1)[1]))
+    with Image.open(decoded) as image:
+        assert image.size == (776, 776)  # full size, only the encoding changes
 
 
 # ------------------------------------------------------------------------------------------ compare

@@ -9,7 +9,7 @@ from typing import Any
 
 from ganforge.errors import ConfigError
 from ganforge.report.charts import COLORS, compare_charts
-from ganforge.report.images import TIMELINE_BUDGET_BYTES, ThumbnailCache, png_uri, relative_link, timeline_sources
+from ganforge.report.images import TIMELINE_BUDGET_BYTES, ThumbnailCache, full_uri, relative_link, timeline_sources
 from ganforge.report.page import render_page, write_page
 from ganforge.report.rundata import Grid, RunView, format_duration, load_run
 from ganforge.report.runs import best_text
@@ -51,7 +51,8 @@ BODY = """
          value="{{ timeline.positions|length - 1 }}" step="1" aria-label="sample grids">
   <span id="timeline-label"></span></div>
 <div class="timeline">{% for panel in timeline.panels %}<div class="panel"><img id="timeline-image-{{ loop.index0 }}"
-  alt="{{ panel.title }}" width="{{ side }}"><div class="caption">{{ panel.title }}</div></div>{% endfor %}</div>
+  alt="{{ panel.title }}"{% if side %} width="{{ side }}"{% endif %}>
+  <div class="caption">{{ panel.title }}</div></div>{% endfor %}</div>
 {% else %}<p class="muted">No sample grids yet.</p>{% endif %}
 <p class="muted">Written {{ generated }} by ganforge compare.</p>
 """
@@ -136,7 +137,7 @@ def _finals(run: RunView, out: Path, embed: bool) -> dict[str, Any]:
 
 
 def _source(grid: Grid, out: Path, embed: bool) -> str:
-    return png_uri(grid.path) if embed else relative_link(grid.path, out)
+    return full_uri(grid.path) if embed else relative_link(grid.path, out)
 
 
 def _timeline(runs: list[RunView], out: Path, embed: bool) -> tuple[dict[str, Any], int]:

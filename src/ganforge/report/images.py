@@ -22,6 +22,8 @@ MAX_SIDE = 640  # a thumbnail's longer side never exceeds this (nor the grid's o
 MIN_SIDE = 96  # nor falls below this, however many frames: past it a frame shows nothing
 SIDE_QUANTUM = 32  # sizes are multiples of this, so a run that grows re-encodes its frames rarely
 JPEG_QUALITY = 80
+FULL_PNG_LIMIT = 300_000  # a full-size grid above this (anime-dcgan's 776 px faces: ~1 MB) is embedded as JPEG
+FULL_JPEG_QUALITY = 90
 
 
 @dataclass
@@ -43,13 +45,13 @@ class ThumbnailCache:
         return self.encoded[key]
 
 
-def encode_jpeg(path: Path, side: int) -> bytes:
+def encode_jpeg(path: Path, side: int, quality: int = JPEG_QUALITY) -> bytes:
     """``path`` as a JPEG whose longer side is at most ``side`` pixels (grayscale stays one channel)."""
     with Image.open(path) as image:
         image = image.convert("L" if image.mode in ("L", "1", "I;16") else "RGB")
         image.thumbnail((side, side), Image.Resampling.LANCZOS)
         buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+        image.save(buffer, format="JPEG", quality=quality, optimize=True)
     return buffer.getvalue()
 
 
@@ -57,8 +59,12 @@ def data_uri(payload: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(payload).decode('ascii')}"
 
 
-def png_uri(path: Path) -> str:
-    return data_uri(path.read_bytes(), "image/png")
+def full_uri(path: Path) -> str:
+    """A grid at full size: its PNG as it is, or a fine JPEG when the PNG is large."""
+    payload = path.read_bytes()
+    if len(payload) <= FULL_PNG_LIMIT:
+        return data_uri(payload, "image/png")
+    return data_uri(encode_jpeg(path, native_side(path), FULL_JPEG_QUALITY), "image/jpeg")
 
 
 def relative_link(path: Path, page: Path) -> str:

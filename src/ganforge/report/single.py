@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ganforge.report.charts import run_charts
-from ganforge.report.images import ThumbnailCache, crop_rows, native_side, png_uri, relative_link, timeline_sources
+from ganforge.report.images import ThumbnailCache, crop_rows, full_uri, native_side, relative_link, timeline_sources
 from ganforge.report.page import render_page, write_page
 from ganforge.report.rundata import FileInfo, Grid, RunView, format_duration, format_size, load_run
 
@@ -45,7 +45,7 @@ BODY = """
          value="{{ timeline.positions|length - 1 }}" step="1" aria-label="sample grid">
   <span id="timeline-label"></span></div>
 <div class="timeline">
-  <div class="panel"><img id="timeline-image-0" alt="sample grid" width="{{ display_width }}"
+  <div class="panel"><img id="timeline-image-0" alt="sample grid" width="{{ timeline_width }}"
        src="{{ timeline.panels[0].frames[-1] }}"><div class="caption">generated (fixed noise)</div></div>
   {% if real_grid %}<div class="panel"><img alt="real images" width="{{ display_width }}" src="{{ real_grid }}">
        <div class="caption">real training images</div></div>{% endif %}
@@ -112,7 +112,7 @@ class ReportWriter:
         return out
 
     def render(self, run: RunView, out: Path, embed: bool) -> str:
-        timeline, note = self._timeline(run, out, embed)
+        timeline, side, note = self._timeline(run, out, embed)
         final = run.grids[-1] if run.grids else None
         charts = run_charts(run)
         context: dict[str, Any] = {
@@ -121,6 +121,8 @@ class ReportWriter:
             "charts": charts,
             "timeline": timeline,
             "display_width": display_width(run),
+            # thumbnails are enlarged at most twice (more is only blur); links show the PNGs at the grids' size
+            "timeline_width": min(display_width(run), max(2 * side, 300)) if side else display_width(run),
             "embed_note": note,
             "real_grid": _grid_source(run.real_grid, out, embed) if run.real_grid else "",
             "final_label": final.label if final else "",
@@ -135,16 +137,16 @@ class ReportWriter:
         data = {"charts": charts, "timeline": timeline}
         return render_page(f"{run.name}: ganforge report", BODY, context, data)
 
-    def _timeline(self, run: RunView, out: Path, embed: bool) -> tuple[dict[str, Any], str]:
-        """The slider's positions (one per grid) and frames: thumbnails, or links to the PNGs."""
+    def _timeline(self, run: RunView, out: Path, embed: bool) -> tuple[dict[str, Any], int, str]:
+        """The slider's positions (one per grid) and frames: thumbnails (and their size), or links to the PNGs."""
         grids = run.grids
         if embed:
             frames, side = timeline_sources([g.path for g in grids], self.cache)
             note = f"{len(grids)} grids embedded as {side} px thumbnails; --no-embed links the full-size PNGs."
         else:
-            frames, note = [relative_link(g.path, out) for g in grids], ""
+            frames, side, note = [relative_link(g.path, out) for g in grids], 0, ""
         panel = {"title": run.name, "frames": frames, "index": list(range(len(frames)))}
-        return {"positions": [_position(g) for g in grids], "panels": [panel]}, note
+        return {"positions": [_position(g) for g in grids], "panels": [panel]}, side, note
 
 
 def display_width(run: RunView) -> int:
@@ -159,7 +161,7 @@ def _position(grid: Grid) -> dict[str, Any]:
 
 
 def _grid_source(path: Path, out: Path, embed: bool) -> str:
-    return png_uri(path) if embed else relative_link(path, out)
+    return full_uri(path) if embed else relative_link(path, out)
 
 
 def _class_rows(run: RunView, grid: Grid) -> list[tuple[str, str]]:

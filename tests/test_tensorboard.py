@@ -127,3 +127,19 @@ def test_missing_tensorboard_is_a_one_line_error_naming_the_extra(monkeypatch, t
     with pytest.raises(GanforgeError, match="ganforge\\[tensorboard\\]"):
         TensorBoardObserver(tmp_path, {}, resume_step=None)
     assert not (tmp_path / "tensorboard").exists()
+
+
+def test_training_itself_writes_events_and_the_report_once_per_step_across_a_resume(tmp_path):
+    """The loop's wiring: a run stopped at step 4 and resumed to step 8 leaves one event per logged step
+    (2, 4, 6, 8) and a report.html."""
+    run = tmp_path / "run"
+    tiny = ["--set", "data.max_images=64", "--batch-size", "16", "--set", "train.progress=false"]
+    tiny += ["--set", "train.tensorboard=true", "--set", "train.log_every=2", "--precision", "fp32"]
+    tiny += ["--set", "train.sample_every=1"]
+    assert main(["train", "digits-quick", "--out", str(run), "--max-steps", "4", *tiny]) == 0
+    assert main(["train", "--resume", str(run), "--max-steps", "8", "--set", "train.progress=false"]) == 0
+    accumulator = accumulate(run / "tensorboard")
+    steps = [event.step for event in accumulator.Scalars("train/d_loss")]
+    assert steps == [2, 4, 6, 8]
+    assert accumulator.Images("samples")
+    assert (run / "report.html").stat().st_size > 100_000

@@ -24,12 +24,15 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ganforge.config import RunConfig, to_json
+from ganforge.config import RunConfig, to_dict, to_json
 from ganforge.data import make_loader
 from ganforge.errors import DivergenceError
 from ganforge.objectives import get_objective
 from ganforge.plots import plot_training_curves
+from ganforge.report import ReportObserver
 from ganforge.rundir import RunDir
+from ganforge.tensorboard import TensorBoardObserver
+from ganforge.tensorboard import check_available as check_tensorboard
 from ganforge.training.distributed import DistContext, init_distributed, rank_failure
 from ganforge.training.outputs import Evaluator, SampleGrids
 from ganforge.training.setup import build_setup, check_shards, deterministic_kernels
@@ -85,6 +88,8 @@ class Trainer:
     ) -> None:
         self.cfg, self.ctx = cfg, ctx
         self.objective = get_objective(cfg.loss.name)
+        if cfg.train.tensorboard:
+            check_tensorboard()  # a missing extra is an error now, not after the data has loaded
         if resume is None:
             out = out if out is not None else RunDir.default_path(cfg.recipe)
             if ctx.is_main:  # refuse to touch an existing run before spending time on data and models
@@ -109,9 +114,30 @@ class Trainer:
             self._resume(resume, resume_overrides or [])
         elif ctx.is_main:
             self.run_dir.create(overwrite=overwrite)
+        self.observers: list[Any] = []  # rank 0: the live report, TensorBoard
         if ctx.is_main:
             self.run_dir.config.write_text(to_json(cfg) + "\n")
+            self.observers = self._make_observers(resumed_from=self.state.step if resume is not None else None)
         ctx.barrier()
+
+    def _make_observers(self, resumed_from: int | None) -> list[Any]:
+        observers: list[Any] = []
+        if self.cfg.train.report:
+            observers.append(ReportObserver(self.run_dir.path, self.cfg.train.report_every_s))
+        if self.cfg.train.tensorboard:
+            observers.append(TensorBoardObserver(self.run_dir.path, to_dict(self.cfg), resume_step=resumed_from))
+        return observers
+
+    def _append(self, record: dict[str, Any]) -> None:
+        """A record into metrics.jsonl (rank 0), and to every observer."""
+        self.run_dir.append(record)
+        for observer in self.observers:
+            observer.on_record(record)
+
+    def _save_grid(self, path: Path) -> None:
+        self.grids.save(self._sampling_generator(), path)
+        for observer in self.observers:
+            observer.on_grid(path, self.state.step)
 
     def _resume(self, checkpoint: Path, overrides: list[str]) -> None:
         self.state, self.acc_epoch, _ = load_training_checkpoint(checkpoint, self.cfg, self.nets, self.noise, self.log)
@@ -121,7 +147,7 @@ class Trainer:
         if not self.run_dir.path.exists():
             self.run_dir.create(overwrite=False)
         self.run_dir.truncate_after(self.state.step)
-        self.run_dir.append(
+        self.run_dir.append(  # before the observers exist: they read it from metrics.jsonl
             {"kind": "resume", "step": self.state.step, "from": str(checkpoint), "overrides": overrides}
         )
         if self.state.epoch >= self.cfg.train.epochs:
@@ -214,7 +240,7 @@ class Trainer:
         record["images_per_s"] = round(summary.n_images / max(seconds, 1e-9), 1)
         self._check_finite(record)
         if self.ctx.is_main:
-            self.run_dir.append(record)
+            self._append(record)
         window.zero_()
         return f"d {_fmt(record['d_loss'])} g {_fmt(record['g_loss'])} D(x) {_fmt(record['d_real'])}"
 
@@ -256,13 +282,13 @@ class Trainer:
         self._check_finite(record)
         last_epoch = epoch == tcfg.epochs
         if self.ctx.is_main:
-            self.run_dir.append(record)
+            self._append(record)
             self.log(
                 f"epoch {epoch}/{tcfg.epochs}  step {self.state.step}  d_loss {_fmt(record['d_loss'])}  "
                 f"g_loss {_fmt(record['g_loss'])}  D(x) {_fmt(record['d_real'])}  D(G(z)) {_fmt(record['d_fake'])}"
             )
             if epoch % tcfg.sample_every == 0 or last_epoch:
-                self.grids.save(self._sampling_generator(), self.run_dir.epoch_samples(epoch))
+                self._save_grid(self.run_dir.epoch_samples(epoch))
         evaluate = cfg.eval.every and (epoch % cfg.eval.every == 0 or last_epoch)
         improved = evaluate and self._last_eval_step != self.state.step and self._evaluate(per_epoch)
         if self.ctx.is_main:
@@ -292,7 +318,7 @@ class Trainer:
         if not self.ctx.is_main:
             return False
         record, results, improved = self.evaluator(self._sampling_generator(), self.state, per_epoch)
-        self.run_dir.append(record)
+        self._append(record)
         self.log(
             "  " + "  ".join(f"{k} {_fmt(v)}" for k, v in results.items()) + ("  (best so far)" if improved else "")
         )
@@ -342,7 +368,7 @@ class Trainer:
         if not self.ctx.is_main:
             return
         state = self.state
-        self.run_dir.append(
+        self._append(
             {
                 "kind": "stop",
                 "step": state.step,
@@ -353,8 +379,10 @@ class Trainer:
         )
         save_weight_exports(self.run_dir.path, self.cfg, self.nets, state.step, state.epoch)
         if state.batch_in_epoch > 0:  # a partial epoch: show where it got to
-            self.grids.save(self._sampling_generator(), self.run_dir.samples / f"step_{state.step:07d}.png")
+            self._save_grid(self.run_dir.samples / f"step_{state.step:07d}.png")
         self._plot()
+        for observer in self.observers:
+            observer.close()
         if stopped:
             self.log(
                 f"{stopped} at step {state.step} (epoch {state.epoch + 1}); checkpoint saved. "

@@ -184,18 +184,28 @@ def test_digits_split_shapes_and_range():
 # --------------------------------------------------------------------------- image folders
 
 
+def _on_white(img: Image.Image) -> Image.Image:
+    """Plain reference for transparency: RGBA composited onto white in float, rounded."""
+    rgba = np.asarray(img.convert("RGBA")).astype(np.float64)  # [H, W, 4]
+    alpha = rgba[..., 3:] / 255.0
+    return Image.fromarray(np.rint(rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8), "RGB")
+
+
 def test_image_folder_mixed_files_and_skips(tmp_path):
     made = _write_folder(tmp_path / "imgs")
-    with pytest.warns(DataWarning, match=r"skipped 2 file.*b/corrupt\.png.*notes\.txt"):
+    with pytest.warns(DataWarning, match=r"skipped 1 image file.*cannot be decoded: b/corrupt\.png") as caught:
         data = load_dataset(_folder_cfg(tmp_path / "imgs"), 3, 16)
+    assert "notes.txt" not in str(caught[0].message)  # not an image: ignored quietly
     assert data.name == "image-folder:imgs" and data.labels is None and data.class_names == []
     assert data.images.shape == (5, 3, 16, 16) and data.images.dtype == torch.uint8
     # Sorted by relative path: a/deep/tall.jpg, a/wide.png, b/alpha.png, b/pal.gif, top.bmp.
     resize = T.Compose([T.Resize(16), T.CenterCrop(16)])
     for i, rel in enumerate(sorted(made)):
         with Image.open(tmp_path / "imgs" / rel) as img:
-            want = np.asarray(resize(img.convert("RGB"))).transpose(2, 0, 1)
-        assert np.array_equal(data.images[i].numpy(), want), rel
+            reference = _on_white(img) if img.mode == "RGBA" else img.convert("RGB")
+            want = np.asarray(resize(reference)).transpose(2, 0, 1).astype(int)
+        # transparent pixels are composited onto white (PIL's integer blend may round 1 level away)
+        assert np.abs(data.images[i].numpy().astype(int) - want).max() <= (1 if rel == "b/alpha.png" else 0), rel
     with pytest.warns(DataWarning):
         grey = load_dataset(_folder_cfg(tmp_path / "imgs"), 1, 12)
     assert grey.images.shape == (5, 1, 12, 12)
@@ -223,22 +233,98 @@ def test_image_folder_subfolder_labels(tmp_path):
     assert data.images.shape == (4, 3, 8, 8)
 
 
-def test_image_folder_csv_labels(tmp_path, caplog):
+def test_image_folder_csv_labels(tmp_path):
     _write_folder(tmp_path / "imgs")
     (tmp_path / "imgs" / "tags.csv").write_text(
         "file,hair,eyes\nwide.png,red,blue\nb/alpha.png,black,red\ntop.bmp,red,\nmissing.jpg,blue,blue\n"
         "tall.jpg,,green\n"
     )
     cfg = _folder_cfg(tmp_path / "imgs", labels="csv", label_csv="tags.csv", label_column="hair")
-    with caplog.at_level("INFO", logger="ganforge.data"), pytest.warns(DataWarning) as rec:
+    with pytest.warns(DataWarning) as rec:
         data = load_dataset(cfg, 3, 8)
-    assert "tags.csv" not in str(rec[0].message)  # the label CSV itself is not reported as junk
+    # one line: 6 image files (one corrupt), 3 with a hair value; the CSV itself is never reported as a bad image
+    (message,) = [str(w.message) for w in rec]
+    assert "3 of 6 images have no labelled row in tags.csv (column 'hair')" in message, message
+    assert "a/deep/tall.jpg" in message and "data.unlabelled=error" in message and "skipped" not in message
     assert data.class_names == ["black", "red"]
     assert data.labels.tolist() == [1, 0, 1]  # a/wide.png, b/alpha.png, top.bmp (rows without hair dropped)
-    assert "kept 3 of 6 images" in caplog.text  # 6 image files (one corrupt), 3 with a hair value
+    strict = _folder_cfg(tmp_path / "imgs", labels="csv", label_csv="tags.csv", label_column="hair", unlabelled="error")
+    with pytest.raises(DataError, match=r"3 of 6 images .* have no labelled row in tags.csv.*data.unlabelled=drop"):
+        load_dataset(strict, 3, 8)
     with pytest.raises(DataError, match="no column 'colour'"), warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)
         load_dataset(_folder_cfg(tmp_path / "imgs", labels="csv", label_csv="tags.csv", label_column="colour"), 3, 8)
+
+
+# --------------------------------------------------------------------------- modes and bit depths
+
+
+def _decode_one(tmp_path: Path, name: str, image: Image.Image, channels: int) -> np.ndarray:
+    """Load a one-file folder at the image's own size (no resizing): uint8 [C, H, W]."""
+    folder = tmp_path / name.replace(".", "-")
+    folder.mkdir()
+    image.save(folder / name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)  # every one of these files must decode
+        data = load_dataset(_folder_cfg(folder), channels, image.size[0])
+    return data.images[0].numpy()
+
+
+def _white_over(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Plain reference: ``colour`` (..., C) over a white background with ``alpha`` (...) in 0..255, rounded."""
+    a = alpha.astype(np.float64)[..., None] / 255.0
+    return np.rint(colour.astype(np.float64) * a + 255.0 * (1.0 - a))
+
+
+RNG = np.random.default_rng(5)
+WORDS16 = RNG.integers(0, 65536, (12, 12)).astype(np.uint16)
+INT32 = RNG.integers(-(2**31), 2**31 - 1, (12, 12), dtype=np.int64).astype(np.int32)
+FLOATS = RNG.uniform(-0.5, 1.5, (12, 12)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "name,image,grey",
+    [
+        # 16 bits: by the type's range, v * 255 / 65535 = v / 257
+        ("w.png", Image.fromarray(WORDS16), np.round(WORDS16 / 257.0)),  # PIL mode I;16
+        ("w.tif", Image.frombytes("I;16B", (12, 12), WORDS16.astype(">u2").tobytes()), np.round(WORDS16 / 257.0)),
+        ("w.pgm", Image.fromarray(WORDS16), np.round(WORDS16 / 257.0)),  # 16-bit PGM opens as PIL mode I
+        # 32-bit signed integers: over 0..2**31-1, negatives black
+        ("i.tif", Image.fromarray(INT32), np.round(np.clip(INT32, 0, None) * (255.0 / (2**31 - 1)))),
+        # 32-bit floats: 0..1, clipped
+        ("f.tif", Image.fromarray(FLOATS), np.round(np.clip(FLOATS, 0.0, 1.0) * 255.0)),
+    ],
+)
+def test_high_bit_depths_are_scaled_to_eight_bits(tmp_path, name, image, grey):
+    assert np.array_equal(_decode_one(tmp_path, name, image, 1)[0], grey.astype(np.uint8)), image.mode
+    rgb = _decode_one(tmp_path, "rgb-" + name, image, 3)  # grey -> RGB: the same value in each channel
+    assert all(np.array_equal(rgb[c], grey.astype(np.uint8)) for c in range(3))
+
+
+def test_transparency_palette_and_cmyk_as_they_look(tmp_path):
+    colours = RNG.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    alpha = RNG.integers(0, 256, (12, 12), dtype=np.uint8)
+    rgba = Image.fromarray(np.dstack([colours, alpha]), "RGBA")
+    got = _decode_one(tmp_path, "a.png", rgba, 3).transpose(1, 2, 0).astype(int)
+    assert np.abs(got - _white_over(colours, alpha)).max() <= 1  # PIL blends in integers
+
+    grey = colours[..., 0]
+    la = Image.fromarray(np.dstack([grey, alpha]), "LA")
+    got = _decode_one(tmp_path, "la.png", la, 1)[0].astype(int)
+    assert np.abs(got - _white_over(grey[..., None], alpha)[..., 0]).max() <= 1
+
+    palette = Image.fromarray(colours).convert("P", palette=Image.ADAPTIVE, colors=8)
+    index = np.asarray(palette)  # [12, 12] palette indices
+    table = np.asarray(palette.getpalette()[: 3 * 8], dtype=np.uint8).reshape(8, 3)
+    palette.info["transparency"] = int(index[0, 0])  # one colour is transparent
+    got = _decode_one(tmp_path, "p.png", palette, 3).transpose(1, 2, 0)
+    want = np.where((index == index[0, 0])[..., None], 255, table[index])  # transparent -> white
+    assert np.array_equal(got, want)
+
+    cmyk = RNG.integers(0, 256, (12, 12, 4), dtype=np.uint8)
+    ink = (255.0 - cmyk[..., :3]) * (255.0 - cmyk[..., 3:]) / 255.0  # plain subtractive model, as PIL converts
+    got = _decode_one(tmp_path, "c.tif", Image.fromarray(cmyk, "CMYK"), 3).transpose(1, 2, 0).astype(int)
+    assert np.abs(got - np.rint(ink)).max() <= 1
 
 
 # --------------------------------------------------------------------------- cache

@@ -22,6 +22,7 @@ LAYERS = {
     "device": 1,
     "rundir": 1,
     "recipes": 1,
+    "cliargs": 1,
     "data": 2,
     "models": 2,
     "losses": 2,

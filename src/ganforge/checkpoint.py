@@ -15,10 +15,15 @@ caches, plots, logs), not only checkpoints.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import re
+import shutil
 import struct
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,11 +33,23 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ganforge.errors import CheckpointError
+from ganforge.errors import CheckpointError, WriteError
+
+logger = logging.getLogger("ganforge")
 
 FORMAT = "ganforge-checkpoint"
 FORMAT_VERSION = 1
 TMP_SUFFIX = ".tmp"  # temporary files of atomic writes: .NAME.XXXX.tmp beside their target
+
+
+# OS failures of a write that the user can fix (space, quota, permissions, read-only media, a bad disk):
+# reported as one line (WriteError) instead of a traceback.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
+# Leftovers of killed writers: atomic_write's (mkstemp: 8 random characters) and those of safetensors' save_file,
+# which (0.5+) writes its own temporary file (Rust tempfile: .tmp + 6 characters) and renames it onto ours.
+ATOMIC_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(TMP_SUFFIX))
+SAFETENSORS_TEMP_NAME = re.compile(r"\.tmp[A-Za-z0-9]{6}")
+STALE_AFTER_S = 600.0  # clean_stale_temporaries' default: a live writer touches its file far more often
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -40,13 +57,31 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     fsynced and renamed over ``path`` (then the directory is fsynced, so the rename is durable too).
 
     A crash, SIGKILL or full disk at any instant leaves the old file or the new one, never a mix; on any
-    failure the temporary file is removed and the error propagates. The one writer every module uses.
+    failure the temporary file is removed and the error propagates. A full disk, quota, read-only or
+    permission failure becomes a one-line ``WriteError`` naming the path and the free space (the
+    ``OSError`` is its ``__cause__``). The one writer every module uses.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.exists()
+    try:
+        _write_and_replace(path, write)
+    except Exception as exc:
+        code = os_errno(exc)
+        if code in WRITE_ERRNOS:
+            raise write_error(path, code, existed) from exc
+        raise
+
+
+def temporary_beside(path: Path) -> Path:
+    """A new, empty ``.NAME.XXXXXXXX.tmp`` in ``path``'s folder (the same filesystem, so the rename is atomic)."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
-    tmp = Path(tmp_name)
+    return Path(tmp_name)
+
+
+def _write_and_replace(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_beside(path)
     try:
         write(tmp)
         with open(tmp, "rb+") as handle:
@@ -60,6 +95,113 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def os_errno(exc: BaseException) -> int | None:
+    """The OS error code behind ``exc``: an ``OSError``'s own, or the "(os error N)" that safetensors' Rust
+    writer puts in its ``SafetensorError`` message; None for anything else."""
+    if isinstance(exc, OSError):
+        return exc.errno
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    return int(found.group(1)) if found else None
+
+
+def free_bytes(path: Path) -> int | None:
+    """Free space on the filesystem that holds ``path`` (or would: its nearest existing folder)."""
+    existing = next((p for p in (Path(path), *Path(path).parents) if p.exists()), None)
+    try:
+        return shutil.disk_usage(existing if existing is not None else ".").free
+    except OSError:
+        return None
+
+
+def format_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+def write_error(path: Path, code: int, existed: bool = False) -> WriteError:
+    """The one-line error for a failed write of ``path`` with OS error ``code``."""
+    free = free_bytes(path)
+    where = f"{format_bytes(free)} free there" if free is not None else "free space unknown"
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        fix = "free some space or choose another location"
+    elif code == errno.EIO:
+        fix = "check the disk, or choose another location"
+    else:
+        fix = "choose a writable location"
+    kept = "; the previous file is unchanged" if existed else ""
+    message = f"cannot write {path}: {os.strerror(code)} ({where}){kept}; {fix}"
+    return WriteError(message, str(path), code, free)
+
+
+def check_output_space(directory: Path, expected_bytes: int = 0, what: str = "output") -> None:
+    """Fail before the work, not after it: ``directory`` (or, if it does not exist yet, the folder that will
+    hold it) must be writable, and its filesystem must have ``expected_bytes`` free plus a little headroom.
+
+    Creates nothing that is not already there (a probe file in an existing folder is removed at once).
+    Raises a one-line ``WriteError`` naming ``what`` (e.g. "run directory", "dataset cache").
+    """
+    directory = Path(directory)
+    existing = next((p for p in (directory, *directory.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise WriteError(
+            f"cannot write the {what} {directory}: {existing} is a file, not a folder; choose another path"
+        )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ganforge-probe.", suffix=TMP_SUFFIX, dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        code = exc.errno if exc.errno in WRITE_ERRNOS else errno.EACCES
+        raise write_error(directory, code) from exc
+    free = free_bytes(existing)
+    needed = int(expected_bytes * 1.05) + (16 << 20) if expected_bytes > 0 else 0
+    if free is not None and free < needed:
+        raise WriteError(
+            f"not enough space for the {what} {directory}: it needs about {format_bytes(expected_bytes)}, "
+            f"{format_bytes(free)} is free there; free some space or choose another location",
+            str(directory),
+            errno.ENOSPC,
+            free,
+        )
+
+
+def clean_stale_temporaries(
+    directory: Path,
+    min_age: float = STALE_AFTER_S,
+    patterns: tuple[re.Pattern[str], ...] = (ATOMIC_TEMP_NAME, SAFETENSORS_TEMP_NAME),
+) -> list[Path]:
+    """Delete the temporary files that killed writers left in ``directory`` (not recursive): ``atomic_write``'s
+    ``.NAME.XXXXXXXX.tmp`` and safetensors' own ``.tmpXXXXXX``, if last modified ``min_age`` seconds ago or more.
+
+    The age protects a writer in another process that is still at work (its file changes as it writes); use
+    ``min_age=0`` only where no one else can be writing, such as a run directory whose lock you hold. Best
+    effort: a missing folder, or a file that vanished or cannot be removed, is skipped. Returns what was removed.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        if not any(pattern.fullmatch(entry.name) for pattern in patterns):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False) or now - entry.stat(follow_symlinks=False).st_mtime < min_age:
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(Path(entry.path))
+    if removed:
+        total = ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else "")
+        logger.info("removed %d temporary file(s) left by killed writers in %s: %s", len(removed), directory, total)
+    return removed
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:

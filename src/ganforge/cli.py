@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from ganforge.cliargs import NON_NEGATIVE, POSITIVE, SEED, Parser, one_line_warnings, real, whole
 from ganforge.errors import GanforgeError
 
 EXAMPLES = {
@@ -42,7 +43,7 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ganforge",
         description="Train, evaluate and sample GANs.",
         epilog=textwrap.dedent(EXAMPLES["main"]),
@@ -65,13 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=textwrap.dedent(EXAMPLES["train"]),
     )
     train.add_argument("recipe", nargs="?", help="recipe name (see `ganforge recipes`); omit with --resume")
-    train.add_argument("--epochs", type=int, help="train.epochs")
-    train.add_argument("--max-steps", type=int, help="train.max_steps: stop after N batches")
-    train.add_argument("--max-time", type=float, help="train.max_time: stop after N minutes (checkpoint saved)")
+    train.add_argument("--epochs", type=NON_NEGATIVE, help="train.epochs")
+    train.add_argument("--max-steps", type=NON_NEGATIVE, help="train.max_steps: stop after N batches (0: no limit)")
+    train.add_argument(
+        "--max-time", type=real(0.0), help="train.max_time: stop after N minutes (checkpoint saved; 0: no limit)"
+    )
     train.add_argument("--data-root", help="data.root: where the dataset is (or is downloaded to)")
     train.add_argument("--split", help="data.split: train or test")
-    train.add_argument("--batch-size", type=int, help="train.batch_size")
-    train.add_argument("--seed", type=int, help="train.seed")
+    train.add_argument("--batch-size", type=POSITIVE, help="train.batch_size")
+    train.add_argument("--seed", type=SEED, help="train.seed, in [0, 2**63)")
     train.add_argument("--device", help="train.device: auto, cpu, cuda, cuda:N, mps")
     train.add_argument("--precision", help="train.precision: fp32 or bf16")
     train.add_argument("--compile", action="store_true", default=None, help="train.compile: torch.compile")
@@ -97,21 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("checkpoint", type=Path, help="run directory or .safetensors checkpoint")
     gen.add_argument(
-        "--num", type=int, help="number of images (default: the recipe's sample.num; with --per-class: per row)"
+        "--num", type=POSITIVE, help="number of images (default: the recipe's sample.num; with --per-class: per row)"
     )
     gen.add_argument(
         "--out",
         default="samples.png",
         help="FILE.png (one grid), DIR/ (one PNG per image), FILE.npz, or FILE.gif (--interpolate)",
     )
-    gen.add_argument("--class", dest="class_index", type=int, help="conditional models: this class only")
+    gen.add_argument("--class", dest="class_index", type=NON_NEGATIVE, help="conditional models: this class only")
     gen.add_argument("--per-class", action="store_true", help="grid with one row per class, same noise per row")
-    gen.add_argument("--top-k", type=int, help="keep the K samples the discriminator scores highest")
-    gen.add_argument("--candidates", type=int, help="samples drawn for --top-k (default: the recipe's)")
-    gen.add_argument("--interpolate", type=int, metavar="STEPS", help="latent walk with STEPS frames per leg")
-    gen.add_argument("--nrow", type=int, help="images per grid row")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--batch-size", type=int, default=256)
+    gen.add_argument(
+        "--top-k",
+        type=NON_NEGATIVE,
+        help="keep the K samples the discriminator scores highest (0: off, as sample.top_k)",
+    )
+    gen.add_argument("--candidates", type=POSITIVE, help="samples drawn for --top-k (default: the recipe's)")
+    gen.add_argument("--interpolate", type=whole(2), metavar="STEPS", help="latent walk with STEPS frames per leg")
+    gen.add_argument("--nrow", type=POSITIVE, help="images per grid row")
+    gen.add_argument("--seed", type=SEED, default=0, help="noise seed, in [0, 2**63)")
+    gen.add_argument("--batch-size", type=POSITIVE, default=256, help="images per generator forward")
     gen.add_argument("--device", default="cpu")
     gen.add_argument("--no-ema", action="store_true", help="use the raw generator even if an EMA was kept")
     gen.set_defaults(func=cmd_generate)
@@ -186,9 +193,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
+    from ganforge.checkpoint import check_output_space
     from ganforge.data import denormalize
     from ganforge.errors import ConfigError
     from ganforge.sampling import (
@@ -202,6 +209,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         save_gif,
         save_grid,
         save_images,
+        save_npz,
     )
 
     gan = load_gan(args.checkpoint, args.device, use_ema=not args.no_ema)
@@ -210,10 +218,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     as_dir = args.out.endswith(("/", "\\")) or out.is_dir()
     if not as_dir and out.suffix.lower() not in (".png", ".npz", ".gif"):
         raise ConfigError(f"--out {out}: use FILE.png, FILE.npz, FILE.gif or a directory ending in /")
-    _check_writable(out if as_dir else out.parent)
     num = args.num if args.num is not None else cfg.sample.num
-    if num <= 0:
-        raise ConfigError("--num must be > 0")
+    # --top-k 0 is "off", like sample.top_k=0; the recipe's top-k applies only when --num is not given
+    top_k = args.top_k if args.top_k is not None else (cfg.sample.top_k if args.num is None else 0)
+    per_row = args.num or 10
+    if args.interpolate is not None:
+        count = 2 * args.interpolate - 1
+    elif args.per_class:
+        count = gan.num_classes * per_row
+    else:
+        count = top_k or num
+    image_bytes = cfg.model.channels * cfg.model.resolution**2
+    # before any sampling: the output folder must take about the raw size of the images
+    check_output_space(out if as_dir else out.parent, count * image_bytes, "--out folder")
     scores = None
     labels = None
     nrow = args.nrow
@@ -221,8 +238,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         labels = torch.full((num,), args.class_index, dtype=torch.int64)
         check_labels(gan, labels)
     if args.interpolate is not None:
-        if args.interpolate < 2:
-            raise ConfigError("--interpolate needs at least 2 steps")
         z = interpolation_noise(args.interpolate, cfg.model.latent_dim, args.seed, points=3)
         walk_labels = None
         if gan.num_classes:
@@ -233,16 +248,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     elif args.per_class:
         if gan.num_classes == 0:
             raise ConfigError("--per-class needs a conditional model; this one is unconditional")
-        per_row = args.num or 10
         z, labels = per_class_grid_inputs(gan.num_classes, per_row, cfg.model.latent_dim, args.seed)
         images = denormalize(generate_from_noise(gan, z, labels, args.batch_size), cfg.data.mean, cfg.data.std)
         nrow = per_row
-    elif args.top_k is not None or (cfg.sample.top_k and args.num is None):
-        k = args.top_k if args.top_k is not None else cfg.sample.top_k
-        candidates = args.candidates or max(cfg.sample.candidates, k)
-        if k <= 0:
-            raise ConfigError("--top-k must be > 0")
-        images, labels, scores = generate_top_k(gan, k, candidates, labels, args.seed, args.batch_size)
+    elif top_k > 0:
+        candidates = args.candidates or max(cfg.sample.candidates, top_k)
+        images, labels, scores = generate_top_k(gan, top_k, candidates, labels, args.seed, args.batch_size)
     else:
         images, labels = generate_images(gan, num, labels, args.seed, args.batch_size)
 
@@ -250,13 +261,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         paths = save_images(images, out, labels)
         print(f"wrote {len(paths)} images to {out}")
     elif out.suffix.lower() == ".npz":
-        payload = {"images": images.numpy().astype(np.uint8)}
-        if labels is not None:
-            payload["labels"] = labels.numpy().astype(np.int64)
-        if scores is not None:
-            payload["scores"] = scores.numpy()
-        np.savez(out, **payload)
-        print(f"wrote {images.shape[0]} images to {out} ({', '.join(payload)})")
+        written = save_npz(out, images, labels, scores)
+        print(f"wrote {images.shape[0]} images to {out} ({', '.join(written)})")
     elif out.suffix.lower() == ".gif":
         save_gif(images, out)
         print(f"wrote a {images.shape[0]}-frame animation to {out}")
@@ -266,18 +272,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_writable(directory: Path) -> None:
-    from ganforge.errors import GanforgeError
-
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".ganforge-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise GanforgeError(f"cannot write to {directory} ({exc.strerror}); choose another --out") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -285,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with one_line_warnings():
+            return int(args.func(args) or 0)
     except GanforgeError as exc:
         print(f"ganforge: error: {exc}", file=sys.stderr)
         return 2

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from ganforge.errors import ConfigError
+
+SEED_LIMIT = 2**63  # seeds are in [0, 2**63): torch's generators take them whole (NumPy's take seed % 2**32)
 
 
 @dataclass
@@ -28,6 +31,9 @@ class DataConfig:
     labels: str = "auto"  # image-folder: none | subfolders | csv; auto = what the dataset has
     label_csv: str = ""  # image-folder: CSV with a `file` column (relative to root if not absolute)
     label_column: str = ""  # image-folder: CSV column used as the class (e.g. hair)
+    # image-folder with labels: images that get no class (no CSV row or value, or directly in the root with
+    # subfolders) are left out with a warning (drop) or stop the run (error)
+    unlabelled: str = "drop"
     hflip: bool = False  # random horizontal flips (augmentation)
     in_memory: str = "auto"  # auto | on | off: decode once and batch on the device, or stream
     max_images: int = 0  # use only the first N images (0 = all)
@@ -140,6 +146,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.split": ("train", "test"),
     "data.labels": ("auto", "none", "subfolders", "csv"),
     "data.in_memory": ("auto", "on", "off"),
+    "data.unlabelled": ("drop", "error"),
     "model.init": ("default", "dcgan", "keras"),
     "train.g_update": ("same-fake", "fresh-noise", "simultaneous", "kept-noise"),
     "train.precision": ("fp32", "bf16"),
@@ -272,8 +279,25 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> list[str]:
     return changed
 
 
+def _non_finite(cfg: RunConfig) -> str | None:
+    """The first float field (or list item) that is NaN or infinite, as ``key=value``."""
+    for section in SECTIONS:
+        target = getattr(cfg, section)
+        for name, kind in _field_types(target).items():
+            value = getattr(target, name)
+            values = value if typing.get_origin(kind) is list else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                return f"{section}.{name}={value}"
+    return None
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Range and choice checks that need no registry (registries check names when used)."""
+    bad = _non_finite(cfg)
+    if bad is not None:
+        raise ConfigError(f"{bad} must be a finite number")
+    if not 0 <= cfg.train.seed < SEED_LIMIT:
+        raise ConfigError(f"train.seed={cfg.train.seed} is out of range: give a whole number in [0, 2**63)")
     for key, options in CHOICES.items():
         value = get_value(cfg, key)
         if value not in options:

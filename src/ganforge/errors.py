@@ -24,3 +24,30 @@ class CheckpointError(GanforgeError):
 
 class DivergenceError(GanforgeError):
     """A loss or weight became NaN or infinite during training."""
+
+
+class WriteError(GanforgeError):
+    """A file could not be written: the disk is full, over quota, read-only or not ours.
+
+    The message names the path and the free space; the file that was there before is unchanged
+    and no temporary file is left (``ganforge.checkpoint.atomic_write``). ``errno`` is the OS's
+    code and the original ``OSError`` is the ``__cause__``. Caches that are only a speed-up catch
+    it and warn instead.
+    """
+
+    def __init__(self, message: str, path: str = "", errno: int | None = None, free_bytes: int | None = None) -> None:
+        super().__init__(message)
+        self.path, self.errno, self.free_bytes = path, errno, free_bytes
+
+
+class RunInUseError(GanforgeError):
+    """Another live process holds the run directory's lock (``ganforge.rundir.RunLock``)."""
+
+
+class GanforgeWarning(UserWarning):
+    """Something the user should know that does not stop the command; the CLI shows it as one line
+    ``ganforge: warning: ...``."""
+
+
+class CacheWarning(GanforgeWarning):
+    """A cache (decoded datasets, real-set statistics) could not be used; only speed is lost."""

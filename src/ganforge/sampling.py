@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
 from PIL import Image
 from torch import nn
 
-from ganforge.checkpoint import load_module, load_tensors
+from ganforge.checkpoint import atomic_write, atomic_write_bytes, load_module, load_tensors
 from ganforge.config import RunConfig, from_dict
 from ganforge.data import denormalize
 from ganforge.errors import CheckpointError, ConfigError
@@ -53,6 +55,12 @@ def load_gan(path: str | Path, device: str | torch.device = "cpu", use_ema: bool
     """
     source = resolve_checkpoint(path)
     tensors, meta, kind = load_tensors(source)
+    if not any(k.startswith(("generator.", "ema.")) for k in tensors):
+        what = "a discriminator export" if kind == "discriminator" else f"a {kind or 'ganforge'} file"
+        raise CheckpointError(
+            f"{source} is {what}, which holds no generator; pass the run directory, "
+            "its generator.safetensors or checkpoints/latest.safetensors"
+        )
     if "config" not in meta:
         raise CheckpointError(f"{source} carries no config; it was not written by ganforge train")
     cfg = from_dict(meta["config"])
@@ -172,27 +180,50 @@ def interpolation_noise(steps: int, latent_dim: int, seed: int, points: int = 2)
 
 
 def save_grid(images_uint8: torch.Tensor, path: str | Path, nrow: int = 8) -> None:
-    """Save uint8 [N, C, H, W] images as one PNG grid (torchvision's make_grid layout)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Save uint8 [N, C, H, W] images as one PNG grid (torchvision's make_grid layout), atomically."""
     grid = torchvision.utils.make_grid(images_uint8.float() / 255, nrow=nrow, padding=2, pad_value=1.0)
-    torchvision.utils.save_image(grid, path)
+    atomic_write(Path(path), lambda tmp: torchvision.utils.save_image(grid, tmp, format="png"))
+
+
+def _pil(image_uint8: torch.Tensor) -> Image.Image:
+    """uint8 [C, H, W] -> a PIL L or RGB image."""
+    return Image.fromarray(image_uint8.cpu().permute(1, 2, 0).squeeze(-1).numpy())
 
 
 def save_images(images_uint8: torch.Tensor, directory: str | Path, labels: torch.Tensor | None = None) -> list[Path]:
-    """One PNG per image: ``000000.png`` or ``000000_class3.png``."""
+    """One PNG per image: ``000000.png`` or ``000000_class3.png``, each written atomically."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, image in enumerate(images_uint8):
         suffix = "" if labels is None else f"_class{int(labels[i])}"
         path = directory / f"{i:06d}{suffix}.png"
-        Image.fromarray(image.cpu().permute(1, 2, 0).squeeze(-1).numpy()).save(path)
+        atomic_write(path, lambda tmp, image=image: _pil(image).save(tmp, format="PNG"))
         paths.append(path)
     return paths
 
 
 def save_gif(images_uint8: torch.Tensor, path: str | Path, duration_ms: int = 80) -> None:
-    """An animated GIF, one frame per image (a latent walk)."""
-    frames = [Image.fromarray(img.permute(1, 2, 0).squeeze(-1).numpy()) for img in images_uint8.cpu()]
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
+    """An animated GIF, one frame per image (a latent walk), written atomically."""
+    frames = [_pil(img) for img in images_uint8]
+    atomic_write(
+        Path(path),
+        lambda tmp: frames[0].save(
+            tmp, format="GIF", save_all=True, append_images=frames[1:], duration=duration_ms, loop=0
+        ),
+    )
+
+
+def save_npz(
+    path: str | Path, images_uint8: torch.Tensor, labels: torch.Tensor | None = None, scores: torch.Tensor | None = None
+) -> list[str]:
+    """``images`` uint8 [N, C, H, W] (and int64 ``labels``, float ``scores``) as one .npz, atomically; returns
+    the array names written."""
+    payload = {"images": images_uint8.cpu().numpy().astype(np.uint8)}
+    if labels is not None:
+        payload["labels"] = labels.cpu().numpy().astype(np.int64)
+    if scores is not None:
+        payload["scores"] = scores.cpu().numpy()
+    buffer = io.BytesIO()
+    np.savez(buffer, **payload)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return list(payload)

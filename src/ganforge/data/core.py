@@ -4,6 +4,11 @@ All preprocessing happens once, at load, in uint8: colour conversion with PIL (`
 ``convert("RGB")``) and resizing with torchvision's ``Resize`` + ``CenterCrop`` on PIL images
 (bilinear with antialias), so a dataset looks the same whether it came from IDX arrays, CIFAR
 pickles or a folder of JPEGs, and the same as a torchvision pipeline would give.
+
+Image files of any mode are first brought to 8 bits as they look (``convert_image``): 16-bit
+integers are scaled by their range (v * 255 / 65535, i.e. v / 257, rounded), 32-bit integers by
+theirs (negative values are black), 32-bit floats are read as 0..1 (clipped), and transparent
+pixels are composited onto white.
 """
 
 from __future__ import annotations
@@ -24,17 +29,18 @@ import PIL
 import torch
 from PIL import Image
 
-from ganforge.checkpoint import atomic_write
-from ganforge.errors import ConfigError
+from ganforge.checkpoint import atomic_write, check_output_space, clean_stale_temporaries, format_bytes
+from ganforge.errors import CacheWarning, ConfigError, GanforgeWarning, WriteError
 
 logger = logging.getLogger("ganforge.data")
 
 # Bump when decoding or preprocessing changes, so old cache entries are never reused.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: 16/32-bit and float images scaled to 8 bits, transparency composited onto white
 
 
-class DataWarning(UserWarning):
-    """Files that were skipped while loading a dataset (not images, unreadable, truncated)."""
+class DataWarning(GanforgeWarning):
+    """Image files that were skipped while loading a dataset (undecodable, unsupported), or images left out
+    because they have no label."""
 
 
 @dataclass
@@ -148,6 +154,61 @@ def resize_crop(img: Image.Image, resolution: int) -> Image.Image:
     return TF.center_crop(img, [resolution, resolution])
 
 
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def integer_bits(img: Image.Image) -> tuple[int, bool]:
+    """(bits per sample, signed) of a PIL ``I`` image's source: PIL uses ``I`` (int32) for 16-bit PGM/PPM files
+    as well as for 32-bit TIFFs, so the file's own declaration decides (other formats: int32)."""
+    if img.format in ("PNG", "PPM"):
+        return 16, False  # neither format stores more than 16 bits per sample
+    tags = getattr(img, "tag_v2", None)
+    if tags is None:
+        return 32, True
+
+    def first(tag: int, default: int) -> int:
+        value = tags.get(tag, default)
+        return int(value[0] if isinstance(value, tuple) else value)
+
+    return first(258, 32), first(339, 1) == 2  # TIFF BitsPerSample; SampleFormat 1 (the default) = unsigned, 2 = signed
+
+
+def to_8bit(img: Image.Image, source: Image.Image | None = None) -> Image.Image:
+    """A 16-bit, 32-bit integer or 32-bit float PIL image -> mode L, scaled by the type's range; others as given.
+
+    I;16*: v * 255 / 65535 (= v / 257), rounded. I: by its source's range (16-bit as above; 32-bit unsigned over
+    0..2**32-1; 32-bit signed over 0..2**31-1, negatives black). F: 0..1 (the usual float convention), clipped.
+    ``source`` is the image as opened, when ``img`` is a copy (which has lost the file's format and tags).
+    """
+    if img.mode in SIXTEEN_BIT_MODES:
+        full, low = 65535.0, 0.0
+    elif img.mode == "I":
+        bits, signed = integer_bits(source if source is not None else img)
+        full, low = float(2 ** (bits - 1) - 1 if signed else 2**bits - 1), 0.0
+    elif img.mode == "F":
+        full, low = 1.0, 0.0
+    else:
+        return img
+    values = np.asarray(img).astype(np.float64)  # [H, W] in the type's units
+    scaled = np.rint(np.clip(values, low, full) * (255.0 / full))  # [H, W], 0..255
+    return Image.fromarray(scaled.astype(np.uint8), mode="L")
+
+
+def convert_image(img: Image.Image, mode: str, source: Image.Image | None = None) -> Image.Image:
+    """Any decoded image -> ``mode`` (L or RGB, 8 bits), as it looks: high bit depths scaled (``to_8bit``),
+    palettes expanded, transparency (P with a transparent colour, PA, LA, RGBA) composited onto white,
+    CMYK/YCbCr/HSV through PIL's RGB conversion, then grey by ITU-R 601 luma."""
+    img = to_8bit(img, source)
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img.convert("RGBA")).convert("RGB")
+    if img.mode not in ("L", "RGB", "1"):
+        img = img.convert("RGB")  # CMYK, YCbCr, HSV, ...: PIL's own RGB conversion
+    return img if img.mode == mode else img.convert(mode)
+
+
 def pil_to_chw(img: Image.Image) -> np.ndarray:
     """PIL L or RGB image -> uint8 [C, H, W] array."""
     arr = np.array(img, dtype=np.uint8)  # [H, W] or [H, W, 3]; a writable copy for torch.from_numpy
@@ -226,11 +287,17 @@ def cache_path(fp: str) -> Path:
     return cache_dir() / "datasets" / f"{fp}.safetensors"
 
 
+_TIDIED: set[Path] = set()  # cache folders whose stale temporaries this process has already removed
+
+
 def read_cache(fp: str) -> Decoded | None:
     """The cached tensors for fingerprint ``fp``, or None (missing or unreadable: rebuilt)."""
     from safetensors import safe_open
 
     path = cache_path(fp)
+    if path.parent not in _TIDIED:  # leftovers of a writer killed in an earlier run (old enough to be dead)
+        _TIDIED.add(path.parent)
+        clean_stale_temporaries(path.parent)
     if not path.is_file():
         return None
     try:
@@ -246,14 +313,40 @@ def read_cache(fp: str) -> Decoded | None:
         return None
 
 
+def _cache_unwritable(directory: Path, expected_bytes: int = 0) -> str | None:
+    try:
+        check_output_space(directory, expected_bytes, "dataset cache")
+    except WriteError as e:
+        return str(e)
+    return None
+
+
+def _warn_uncached(problem: str) -> None:
+    warnings.warn(
+        f"decoded images will not be cached, so the next run decodes them again ({problem}); "
+        "set GANFORGE_CACHE to a writable folder",
+        CacheWarning,
+        4,
+    )
+
+
 def write_cache(fp: str, decoded: Decoded, name: str) -> None:
-    """Store atomically (temp file + os.replace) so a crash or a concurrent rank never leaves half a file."""
+    """Store atomically (temp file + os.replace) so a crash or a concurrent rank never leaves half a file.
+
+    A cache only saves time: a full, read-only or missing disk is a warning, and the cache is not written when
+    it would not leave the disk its headroom (a cache must not take the space the run's checkpoints need).
+    """
     from safetensors.torch import save_file
 
     path = cache_path(fp)
     tensors = {"images": decoded.images.contiguous()}
     if decoded.labels is not None:
         tensors["labels"] = decoded.labels.contiguous()
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    problem = _cache_unwritable(path.parent, size)
+    if problem is not None:
+        _warn_uncached(problem)
+        return
     meta = {
         "format": str(CACHE_FORMAT),
         "fingerprint": fp,
@@ -263,15 +356,32 @@ def write_cache(fp: str, decoded: Decoded, name: str) -> None:
     }
     try:
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-    except OSError as e:  # a read-only or full cache only costs speed
-        logger.warning("could not write the dataset cache %s (%s); set GANFORGE_CACHE to a writable folder", path, e)
+    except (OSError, WriteError) as e:  # a cache only costs speed
+        _warn_uncached(f"{format_bytes(size)} for {path}: {e}")
 
 
-def warn_skipped(where: str, skipped: list[str]) -> None:
+def warn_skipped(where: str, skipped: list[str], shown: int = 3) -> None:
+    """One warning line: how many image files were left out and why, naming the first few."""
     if not skipped:
         return
-    shown = ", ".join(skipped[:20]) + (f", ... ({len(skipped) - 20} more)" if len(skipped) > 20 else "")
-    warnings.warn(f"{where}: skipped {len(skipped)} file(s) that are not readable images: {shown}", DataWarning, 3)
+    unsupported = sum(" (unsupported format" in entry for entry in skipped)
+    kinds = [f"{len(skipped) - unsupported} cannot be decoded", f"{unsupported} in a format ganforge does not read"]
+    why = ", ".join(k for k, n in zip(kinds, (len(skipped) - unsupported, unsupported), strict=True) if n)
+    first = "; ".join(skipped[:shown]) + (f"; and {len(skipped) - shown} more" if len(skipped) > shown else "")
+    warnings.warn(f"{where}: skipped {len(skipped)} image file(s): {why}: {first}", DataWarning, 3)
+
+
+def warn_unlabelled(where: str, unlabelled: list[str], total: int, why: str, shown: int = 3) -> None:
+    """One warning line: how many images were left out for want of a label, naming the first few."""
+    if not unlabelled:
+        return
+    first = ", ".join(unlabelled[:shown]) + (f", and {len(unlabelled) - shown} more" if len(unlabelled) > shown else "")
+    warnings.warn(
+        f"{where}: {len(unlabelled)} of {total} images {why} and are left out ({first}); "
+        "--set data.unlabelled=error stops instead",
+        DataWarning,
+        3,
+    )
 
 
 def cached_decode(fp: str, name: str, build: Callable[[], Decoded]) -> Decoded:
@@ -279,6 +389,11 @@ def cached_decode(fp: str, name: str, build: Callable[[], Decoded]) -> Decoded:
     if hit is not None:
         logger.info("%s: loaded %d images from cache %s", name, hit.images.shape[0], cache_path(fp))
         return hit
+    directory = cache_path(fp).parent
+    problem = _cache_unwritable(directory)
+    if problem is not None:  # said before the decoding, which is the slow part
+        _warn_uncached(problem)
+        return build()
     decoded = build()
     write_cache(fp, decoded, name)
     return decoded

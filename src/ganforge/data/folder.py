@@ -22,16 +22,21 @@ import torch
 from PIL import Image, ImageOps
 
 from ganforge.config import DataConfig
-from ganforge.data.core import Decoded, num_threads, pil_mode, pil_to_chw, resize_crop
+from ganforge.data.core import Decoded, convert_image, num_threads, pil_mode, pil_to_chw, resize_crop
 from ganforge.errors import ConfigError, DataError
 
 logger = logging.getLogger("ganforge.data")
 
-# What PIL opens in practice; anything else in the folder is reported and skipped.
+# What PIL opens in practice: these are decoded, and reported (one warning line) when they cannot be.
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
     | {".tga", ".ico", ".jfif"}
 )
+# Images in formats ganforge does not read: reported, so a folder of phone photos is not silently empty.
+UNSUPPORTED_IMAGE_EXTENSIONS = frozenset(
+    {".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".exr", ".hdr", ".psd", ".svg", ".dng", ".cr2", ".nef", ".arw"}
+)
+# Anything else (tags.csv, notes.txt, metadata.json, ...) is not an image and is ignored quietly.
 
 
 @dataclass
@@ -43,21 +48,30 @@ class FolderScan:
     labels: list[int] | None  # class index per file
     class_names: list[str]
     label_csv: Path | None = None
-    skipped: list[str] = field(default_factory=list)  # "relative/name (reason)"
+    skipped: list[str] = field(default_factory=list)  # "relative/name (reason)": image files left out
+    unlabelled: list[str] = field(default_factory=list)  # relative names of images left out for want of a label
+    unlabelled_why: str = ""  # e.g. "have no labelled row in tags.csv (column 'hair')"
+    num_labelled_candidates: int = 0  # images the labels were looked up for
 
     def rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
 
 
 def decode_image(path: Path, channels: int, resolution: int) -> np.ndarray:
-    """One file -> uint8 [C, R, R]: EXIF orientation, convert to L/RGB, Resize + CenterCrop."""
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
+    """One file -> uint8 [C, R, R]: EXIF orientation, to 8-bit L/RGB (``convert_image``), Resize + CenterCrop."""
+    with Image.open(path) as source:
         with warnings.catch_warnings():
-            # PIL warns about palette images with transparency; dropping alpha is what we want here.
-            warnings.simplefilter("ignore", UserWarning)
-            img = img.convert(pil_mode(channels))
+            warnings.simplefilter("ignore", UserWarning)  # PIL's notes on palette transparency: handled below
+            img = convert_image(ImageOps.exif_transpose(source), pil_mode(channels), source)
         return pil_to_chw(resize_crop(img, resolution))  # uint8 [C, R, R]
+
+
+def short_reason(error: BaseException, path: Path) -> str:
+    """``Type: message`` on one line without the file's own path (the report names the file already)."""
+    text = str(error).replace(f"'{path}'", "").replace(str(path), "").strip(" :") or "unreadable"
+    text = text.splitlines()[0]
+    text = text if len(text) <= 100 else text[:97] + "..."
+    return f"{type(error).__name__}: {text}"
 
 
 def _walk(root: Path) -> list[Path]:
@@ -105,21 +119,26 @@ def scan_folder(cfg: DataConfig, check_headers: bool = False) -> FolderScan:
         csv_path = (csv_path if csv_path.is_absolute() else root / csv_path).resolve()
 
     images: list[Path] = []
-    others: list[str] = []
+    unsupported: list[Path] = []
+    others: list[Path] = []
     for path in _walk(root):
-        if path.suffix.lower() in IMAGE_EXTENSIONS:
-            images.append(path)
-        elif csv_path is None or path.resolve() != csv_path:
-            others.append(f"{path.relative_to(root).as_posix()} (not an image file)")
+        suffix = path.suffix.lower()
+        (
+            images if suffix in IMAGE_EXTENSIONS else unsupported if suffix in UNSUPPORTED_IMAGE_EXTENSIONS else others
+        ).append(path)
     images.sort(key=lambda p: p.relative_to(root).as_posix())
-    others.sort()
+    if others:
+        logger.info("%s: ignored %d files that are not images (e.g. %s)", root, len(others), others[0].name)
     if not images:
-        found = f" (it holds {len(others)} other files)" if others else " (it is empty)"
+        kinds = sorted({p.suffix.lower() or p.name for p in others + unsupported})
+        listed = ", ".join(kinds[:5]) + (", ..." if len(kinds) > 5 else "")
+        found = f" (it holds {len(others) + len(unsupported)} other files: {listed})" if kinds else " (it is empty)"
         raise DataError(
             f"no images in {root}{found}: put .jpg/.png files in it (sub-folders are searched) "
             "or point --data-root at another folder"
         )
-    scan = FolderScan(root, images, None, [], csv_path, others)
+    skipped = sorted(f"{p.relative_to(root).as_posix()} (unsupported format {p.suffix.lower()})" for p in unsupported)
+    scan = FolderScan(root, images, None, [], csv_path, skipped)
     if check_headers:
         _drop_unidentified(scan)
     if mode == "subfolders":
@@ -127,6 +146,12 @@ def scan_folder(cfg: DataConfig, check_headers: bool = False) -> FolderScan:
     elif mode == "csv":
         assert csv_path is not None
         _label_by_csv(scan, csv_path, cfg.label_column)
+    if scan.unlabelled and cfg.unlabelled == "error":
+        first = ", ".join(scan.unlabelled[:3]) + (", ..." if len(scan.unlabelled) > 3 else "")
+        raise DataError(
+            f"{len(scan.unlabelled)} of {scan.num_labelled_candidates} images under {root} {scan.unlabelled_why} "
+            f"({first}): label them, or --set data.unlabelled=drop to leave them out"
+        )
     if check_headers and cfg.max_images > 0:  # in memory, decode_folder stops after max_images good files
         scan.files = scan.files[: cfg.max_images]
         if scan.labels is not None:
@@ -140,7 +165,7 @@ def _drop_unidentified(scan: FolderScan) -> None:
             with Image.open(path):
                 return ""
         except Exception as e:
-            return f"{type(e).__name__}: {e}"
+            return short_reason(e, path)
 
     with ThreadPoolExecutor(num_threads()) as pool:
         reasons = list(pool.map(ok, scan.files, chunksize=64))
@@ -161,18 +186,13 @@ def _label_by_subfolder(scan: FolderScan) -> None:
         )
     index = {n: i for i, n in enumerate(names)}
     keep = [len(q) > 1 for q in parts]
-    dropped = keep.count(False)
+    scan.num_labelled_candidates = len(scan.files)
+    scan.unlabelled = [scan.rel(p) for p, k in zip(scan.files, keep, strict=True) if not k]
+    scan.unlabelled_why = "lie directly in the folder, outside the class sub-folders,"
     scan.labels = [index[q[0]] for q, k in zip(parts, keep, strict=True) if k]
     scan.files = [p for p, k in zip(scan.files, keep, strict=True) if k]
     scan.class_names = names
-    logger.info(
-        "%s: %d classes from sub-folders; kept %d of %d images (%d directly in the root have no class)",
-        scan.root,
-        len(names),
-        len(scan.files),
-        len(scan.files) + dropped,
-        dropped,
-    )
+    logger.info("%s: %d classes from sub-folders; kept %d images", scan.root, len(names), len(scan.files))
 
 
 def _label_by_csv(scan: FolderScan, csv_path: Path, column: str) -> None:
@@ -216,20 +236,14 @@ def _label_by_csv(scan: FolderScan, csv_path: Path, column: str) -> None:
         )
     names = _sort_classes(set(kept))
     index = {n: i for i, n in enumerate(names)}
-    total = len(scan.files)
+    scan.num_labelled_candidates = len(scan.files)
+    scan.unlabelled = [scan.rel(p) for p, v in zip(scan.files, values, strict=True) if v is None]
+    scan.unlabelled_why = f"have no labelled row in {csv_path.name} (column {column!r})"
     scan.files = [p for p, v in zip(scan.files, values, strict=True) if v is not None]
     scan.labels = [index[v] for v in values if v is not None]
     scan.class_names = names
-    logger.info(
-        "%s: %d classes from %s column %r; kept %d of %d images (%d have no labelled row)",
-        scan.root,
-        len(names),
-        csv_path.name,
-        column,
-        len(scan.files),
-        total,
-        total - len(scan.files),
-    )
+    logger.info("%s: %d classes from %s column %r; kept %d images", scan.root, len(names), csv_path.name, column,
+                len(scan.files))  # fmt: skip
 
 
 def decode_folder(scan: FolderScan, channels: int, resolution: int, limit: int = 0) -> Decoded:
@@ -246,7 +260,7 @@ def decode_folder(scan: FolderScan, channels: int, resolution: int, limit: int =
         try:
             return decode_image(path, channels, resolution)
         except Exception as e:  # corrupt, truncated, or not really an image
-            return f"{type(e).__name__}: {e}"
+            return short_reason(e, path)
 
     start = 0
     with ThreadPoolExecutor(num_threads()) as pool:

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from ganforge.config import RunConfig
-from ganforge.data.core import ImageData, affine_from_stats, warn_skipped
+from ganforge.data.core import ImageData, affine_from_stats, warn_skipped, warn_unlabelled
 from ganforge.data.folder import FolderScan, decode_image, scan_folder
 from ganforge.data.sources import dataset_fingerprint, load_dataset
 from ganforge.errors import ConfigError, DataError
@@ -394,6 +394,9 @@ def make_loader(
     if mode == "off":
         scan = scan_folder(d, check_headers=True)
         warn_skipped(f"image-folder:{scan.root.name}", scan.skipped)
+        warn_unlabelled(
+            f"image-folder:{scan.root.name}", scan.unlabelled, scan.num_labelled_candidates, scan.unlabelled_why
+        )
         loader = StreamingLoader(
             scan,
             channels,

@@ -33,8 +33,9 @@ from ganforge.data.core import (
     pil_mode,
     to_model_format,
     warn_skipped,
+    warn_unlabelled,
 )
-from ganforge.data.folder import decode_folder, scan_folder
+from ganforge.data.folder import FolderScan, decode_folder, scan_folder
 from ganforge.data.idx import read_idx
 from ganforge.errors import ConfigError, DataError
 from ganforge.registry import Registry
@@ -52,6 +53,7 @@ class Source:
     options: dict[str, Any] = field(default_factory=dict)  # what else changes the decoded tensor
     skipped: list[str] = field(default_factory=list)  # files left out before decoding (reported)
     own_labels: bool = True  # built-in labels (mnist...) vs labels chosen by cfg.labels (image-folder)
+    scan: FolderScan | None = None  # image-folder: the scan (its images left out for want of a label are reported)
 
 
 DATASETS: Registry[Callable[[DataConfig, int, int], Source]] = Registry("dataset")
@@ -62,6 +64,9 @@ def load_dataset(cfg: DataConfig, channels: int, resolution: int) -> ImageData:
     source, fp = _locate(cfg, channels, resolution)
     decoded = cached_decode(fp, source.name, source.build)
     warn_skipped(source.name, sorted(source.skipped + decoded.skipped))
+    if source.scan is not None:
+        scan = source.scan
+        warn_unlabelled(source.name, scan.unlabelled, scan.num_labelled_candidates, scan.unlabelled_why)
     images, labels, class_names = decoded.images, decoded.labels, decoded.class_names
     if cfg.max_images > 0:  # builders already stop early; this keeps the contract for any entry
         images = images[: cfg.max_images]
@@ -104,10 +109,25 @@ def _reason(e: BaseException) -> str:
 
 
 def _torchvision_download(cls_name: str, root: Path, train: bool) -> None:
-    """torchvision's own downloader (tests replace the class's ``download`` so no network is tried)."""
+    """torchvision's own downloader (tests replace the class's ``download`` so no network is tried).
+
+    torchvision makes ``ROOT/<Name>/raw`` (and ROOT itself) before it tries the network; when the download
+    fails, the empty folders it made are removed again, so a mistyped --data-root leaves nothing behind.
+    """
     import torchvision.datasets as tvd
 
-    getattr(tvd, cls_name)(str(root), train=train, download=True)
+    made = [p for p in (root / cls_name / "raw", root / cls_name, root, *root.parents) if not p.exists()]
+    try:
+        getattr(tvd, cls_name)(str(root), train=train, download=True)
+    except BaseException:
+        for folder in made:  # deepest first; a folder that now holds a file (a partial download) stays
+            try:
+                folder.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError:
+                break
+        raise
 
 
 # --------------------------------------------------------------------------- MNIST-like (IDX)
@@ -308,4 +328,5 @@ def image_folder(cfg: DataConfig, channels: int, resolution: int) -> Source:
         options,
         list(scan.skipped),
         own_labels=False,
+        scan=scan,
     )

@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ganforge.checkpoint import atomic_write
+from ganforge.checkpoint import atomic_write, check_output_space, clean_stale_temporaries
+from ganforge.errors import CacheWarning, GanforgeError, WriteError
 from ganforge.metrics.core import FeatureSet
 
 logger = logging.getLogger("ganforge.metrics")
@@ -33,12 +35,45 @@ def cache_root() -> Path:
     return Path(cache_dir())
 
 
+_TIDIED: set[Path] = set()  # folders whose stale temporaries this process has already removed
+_UNWRITABLE: set[Path] = set()  # folders already reported as unwritable (warned once, not at every write)
+
+
+def _tidy(directory: Path) -> Path:
+    """Remove temporaries of killed writers (older than ``STALE_AFTER_S``), once per folder and process."""
+    if directory not in _TIDIED:
+        _TIDIED.add(directory)
+        clean_stale_temporaries(directory)
+    return directory
+
+
 def evaluators_dir() -> Path:
-    return cache_root() / "evaluators"
+    return _tidy(cache_root() / "evaluators")
 
 
 def stats_dir() -> Path:
-    return cache_root() / "real-stats"
+    return _tidy(cache_root() / "real-stats")
+
+
+def writable_problem(directory: Path, expected_bytes: int = 0) -> str | None:
+    """Why ``directory`` cannot take ``expected_bytes`` of cache now (one line), or None if it can."""
+    try:
+        check_output_space(directory, expected_bytes, "cache")
+    except WriteError as e:
+        return str(e)
+    return None
+
+
+def mark_unwritable(directory: Path) -> None:
+    """Remember that the user was told ``directory`` cannot be written: later writes there fail quietly."""
+    _UNWRITABLE.add(Path(directory))
+
+
+def require_writable(directory: Path, what: str, expected_bytes: int = 0) -> None:
+    """Fail before the work when a cache must store its result (a trained evaluator)."""
+    problem = writable_problem(directory, expected_bytes)
+    if problem is not None:
+        raise GanforgeError(f"{what} needs a writable cache: {problem}; or set GANFORGE_CACHE to a writable folder")
 
 
 def short_hash(payload: Any, length: int = 20) -> str:
@@ -126,12 +161,18 @@ def save_real_stats(path: Path, key: str, feats: FeatureSet, info: dict[str, Any
 
 
 def write_atomic(path: Path, write: Any, strict: bool = False) -> None:
-    """Write via ``write(tmp_path)`` then rename; ``strict`` turns a failed write into a user error."""
+    """Write via ``write(tmp_path)`` then rename; a failure warns (a cache only saves time) or, with
+    ``strict``, is a one-line user error."""
     try:
         atomic_write(path, lambda tmp: write(str(tmp)))
-    except OSError as e:  # a read-only cache costs speed, not correctness
+    except (OSError, WriteError) as e:  # a read-only or full cache costs speed, not correctness
         if strict:
-            from ganforge.errors import GanforgeError
-
+            if isinstance(e, WriteError):
+                raise
             raise GanforgeError(f"cannot write {path} ({e}); set GANFORGE_CACHE to a writable folder") from None
-        logger.warning("could not write %s (%s); set GANFORGE_CACHE to a writable folder", path, e)
+        if path.parent in _UNWRITABLE:
+            return
+        mark_unwritable(path.parent)
+        warnings.warn(
+            f"could not write the cache {path} ({e}); set GANFORGE_CACHE to a writable folder", CacheWarning, 2
+        )

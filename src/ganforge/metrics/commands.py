@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ganforge.cliargs import POSITIVE, SEED, whole
 from ganforge.errors import ConfigError
 
 EVALUATE_EXAMPLES = """\
@@ -53,8 +54,10 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", help="data.split: train or test")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set a data field, e.g. --set data.label_column=hair (repeatable)")  # fmt: skip
-    p.add_argument("--channels", type=int, help="load the data with this many channels (no checkpoint: native)")
-    p.add_argument("--resolution", type=int, help="load the data at this size (no checkpoint: native)")
+    p.add_argument(
+        "--channels", type=int, choices=(1, 3), help="load the data with this many channels (default: native)"
+    )
+    p.add_argument("--resolution", type=POSITIVE, help="load the data at this size (no checkpoint: native)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
 
 
@@ -85,7 +88,7 @@ def add_commands(subparsers: Any) -> None:
     )
     ev.add_argument(
         "--num",
-        type=int,
+        type=whole(4),
         default=DEFAULT_NUM,
         help=f"generated images (and real images) to compare (default {DEFAULT_NUM})",
     )
@@ -96,8 +99,8 @@ def add_commands(subparsers: Any) -> None:
         "file (default: the run's eval.extractor)",
     )
     ev.add_argument("--inception-weights", metavar="FILE", help="InceptionV3 weights (.pth) for --extractor inception")
-    ev.add_argument("--seed", type=int, default=0, help="noise and subset seed")
-    ev.add_argument("--batch-size", type=int, default=256, help="generator batch size")
+    ev.add_argument("--seed", type=SEED, default=0, help="noise and subset seed, in [0, 2**63)")
+    ev.add_argument("--batch-size", type=POSITIVE, default=256, help="generator batch size")
     ev.add_argument("--no-cache", action="store_true", help="recompute the real statistics")
     _data_args(ev)
     ev.set_defaults(func=cmd_evaluate)
@@ -107,7 +110,7 @@ def add_commands(subparsers: Any) -> None:
         formatter_class=_formatter, epilog=textwrap.dedent(TRAIN_EVALUATOR_EXAMPLES),
     )  # fmt: skip
     te.add_argument("dataset", help="dataset name (mnist, fashion-mnist, cifar10, digits, image-folder)")
-    te.add_argument("--epochs", type=int, help="training epochs (default: about 32k images seen, 1..20 epochs)")
+    te.add_argument("--epochs", type=POSITIVE, help="training epochs (default: about 32k images seen, 1..20 epochs)")
     te.add_argument("--force", action="store_true", help="retrain even if an evaluator for this data is cached")
     _data_args(te)
     te.set_defaults(func=cmd_train_evaluator)
@@ -172,11 +175,26 @@ def _default_json(checkpoint: Path) -> Path:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=2) + "\n")
-    except OSError as e:
-        raise ConfigError(f"cannot write --json {path} ({e.strerror}); choose another path") from None
+    from ganforge.checkpoint import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+def _check_outputs(json_path: Path | None, use_cache: bool) -> None:
+    """Before any work: the results file must be writable (an error); the real-statistics cache should be (a
+    warning: it only saves time). An evaluator that must be trained checks its own cache before training."""
+    import warnings
+
+    from ganforge.checkpoint import check_output_space
+    from ganforge.errors import CacheWarning
+    from ganforge.metrics import cache
+
+    if json_path is not None:
+        check_output_space(json_path.parent, 1 << 20, "--json folder")
+    problem = cache.writable_problem(cache.stats_dir(), 64 << 20) if use_cache else None
+    if problem is not None:
+        cache.mark_unwritable(cache.stats_dir())
+        warnings.warn(f"real-set statistics will not be cached ({problem})", CacheWarning, 2)
 
 
 # --------------------------------------------------------------------------- commands
@@ -193,8 +211,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("choose one of --noise and --real-vs-real")
     if args.checkpoint is None and not (args.noise or args.real_vs_real):
         raise ConfigError("give a run directory or checkpoint to evaluate (or --noise / --real-vs-real --dataset NAME)")
-    if args.num < 4:
-        raise ConfigError(f"--num {args.num}: need at least 4 images")
     device = _device(args.device)
     metric_text = args.metrics.split(",")
     wants_fid = any(m.strip().lower() == "fid" for m in metric_text)
@@ -221,7 +237,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ConfigError("fid is InceptionV3's FD: use --metrics fd with a classifier, or --extractor inception")
         extractor = "inception"
 
+    json_path = args.json or (_default_json(args.checkpoint) if args.checkpoint is not None else None)
+    _check_outputs(json_path, use_cache=not args.no_cache)
     real = load_dataset(data_cfg, channels, resolution)
+    # the extractor first: an evaluator that has to be trained (and stored) is checked and trained before sampling
+    label_source = f"csv column {data_cfg.label_column}" if data_cfg.labels == "csv" else ""
+    from ganforge.metrics.extractors import ExtractorRequest, build_extractor
+
+    request = ExtractorRequest(real=real, device=device, inception_weights=args.inception_weights,
+                               hflip=data_cfg.hflip, label_source=label_source, log=_log)  # fmt: skip
+    built = build_extractor(extractor, request)
     num = args.num
     real_index = None
     if args.real_vs_real:
@@ -246,12 +271,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if real_index is None:
         real_index = subset_index(len(real), num, args.seed)
 
-    label_source = f"csv column {data_cfg.label_column}" if data_cfg.labels == "csv" else ""
-    from ganforge.metrics.extractors import ExtractorRequest, build_extractor
-
-    request = ExtractorRequest(real=real, device=device, inception_weights=args.inception_weights,
-                               hflip=data_cfg.hflip, label_source=label_source, log=_log)  # fmt: skip
-    built = build_extractor(extractor, request)
     out = evaluate_detailed(
         real, fake_images, fake_labels, metrics, built, device,
         split=data_cfg.split, real_index=real_index, seed=args.seed, use_cache=not args.no_cache,
@@ -272,7 +291,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "metrics": metrics,
     }
-    json_path = args.json or (_default_json(args.checkpoint) if args.checkpoint is not None else None)
     if json_path is not None:
         _write_json(json_path, payload)
         print(f"wrote {json_path}")
@@ -281,9 +299,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_train_evaluator(args: argparse.Namespace) -> int:
     from ganforge.config import DataConfig
-    from ganforge.metrics.evaluator import train_evaluator
+    from ganforge.metrics import cache
+    from ganforge.metrics.evaluator import EVALUATOR_BYTES, train_evaluator
 
     data_cfg = _data_config(DataConfig(dataset=args.dataset), args)
+    # its one output is the stored evaluator: a cache that cannot take it is an error before any work
+    cache.require_writable(cache.evaluators_dir(), "train-evaluator", EVALUATOR_BYTES)
     info = train_evaluator(
         data_cfg, args.channels, args.resolution, epochs=args.epochs, force=args.force,
         device=_device(args.device), log=_log,

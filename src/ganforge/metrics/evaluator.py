@@ -43,6 +43,7 @@ MAX_INPUT_SIZE = 32  # hair colour and digit identity survive 32 px; larger inpu
 MIN_INPUT_SIZE = 8  # two 2x poolings need at least 8 px
 WIDTHS = (24, 48, 96)  # conv widths of the three stages: 98.6% on MNIST at half the CPU of 32-64-128
 TARGET_SAMPLES = 32_000  # auto epochs: about this many training images seen in total (~1 CPU minute)
+EVALUATOR_BYTES = 4 << 20  # room its weights and metadata need in the cache (about 1 MB)
 PREPROCESSING = "uint8/127.5-1, luma/repeat channels, bilinear resize (antialias when shrinking); v1"
 
 
@@ -384,6 +385,8 @@ def ensure_evaluator(
         if found is not None:
             found.extra["from_cache"] = True  # not saved: tells the CLI nothing was trained now
             return found
+    # the evaluator is kept in the cache and named by its file in every result: check that before training it
+    cache.require_writable(cache.evaluators_dir(), "training an evaluator", EVALUATOR_BYTES)
     log(f"training the {dataset_base_name(data.name)} evaluator on {len(data)} labelled images "
         f"({len(data.class_names)} classes)")  # fmt: skip
     net, info = fit_evaluator(data, device, epochs=epochs, hflip=hflip, log=log)

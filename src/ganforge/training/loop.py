@@ -12,6 +12,7 @@ its shard; rank 0 alone writes files.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import signal
@@ -66,7 +67,10 @@ def train(
     try:
         with deterministic_kernels(cfg.train.deterministic):
             ctx = init_distributed(cfg.train.device)  # under torchrun: the process group, kept until exit
-            return Trainer(cfg, ctx, out, resume, overwrite, resume_overrides or []).run()
+            out = out if out is not None or resume is not None else RunDir.default_path(cfg.recipe)
+            run_dir = RunDir(out if out is not None else run_dir_of(resume))
+            with run_dir.lock() if ctx.is_main else contextlib.nullcontext():  # before anything is read or removed
+                return Trainer(cfg, ctx, out, resume, overwrite, resume_overrides or []).run()
     except Exception as exc:
         report = rank_failure(exc)  # under torchrun: names the rank, and is what torchrun's summary shows
         if report is exc:

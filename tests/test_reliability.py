@@ -503,7 +503,6 @@ def test_top_k_zero_means_off_and_large_seeds_work(capsys, trained_runs, tmp_pat
     assert cli(capsys, "generate", run, "--num", 2, "--seed", seed, "--out", tmp_path / "b.npz")[0] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="lead: setup.seed_everything must use np.random.seed(seed % 2**32)")
 def test_train_accepts_a_seed_beyond_numpys_range(capsys, tmp_path):
     code, _, err = cli(capsys, "train", "digits-mlp", "--seed", str(2**40), "--max-steps", "1",
                        "--out", tmp_path / "run", *TINY)  # fmt: skip

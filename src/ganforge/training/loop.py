@@ -18,6 +18,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ganforge.checkpoint import check_output_space, format_bytes, free_bytes
 from ganforge.config import RunConfig, to_dict, to_json
 from ganforge.data import make_loader
-from ganforge.errors import DivergenceError
+from ganforge.errors import DivergenceError, GanforgeWarning
 from ganforge.objectives import get_objective
 from ganforge.plots import plot_training_curves
 from ganforge.report import ReportObserver
@@ -118,11 +120,32 @@ class Trainer:
             self._resume(resume, resume_overrides or [])
         elif ctx.is_main:
             self.run_dir.create(overwrite=overwrite)
+        if ctx.is_main:
+            self._check_space()
         self.observers: list[Any] = []  # rank 0: the live report, TensorBoard
         if ctx.is_main:
-            self.run_dir.config.write_text(to_json(cfg) + "\n")
+            self.run_dir.write_config(to_json(cfg) + "\n")
             self.observers = self._make_observers(resumed_from=self.state.step if resume is not None else None)
         ctx.barrier()
+
+    def _check_space(self) -> None:
+        """Room for the next checkpoints (latest, best, one numbered) or fail now; a warning when all the
+        numbered checkpoints the config will keep do not fit."""
+        nets, tcfg = self.nets, self.cfg.train
+        weights = [t for m in (nets.generator_core, nets.discriminator_core) for t in m.state_dict().values()]
+        one = 3 * sum(t.numel() * t.element_size() for t in weights)  # weights and two Adam moments
+        if nets.ema is not None:
+            one += sum(t.numel() * t.element_size() for t in nets.ema.state_dict().values())
+        check_output_space(self.run_dir.path, 3 * one, "run directory")
+        numbered = tcfg.keep_checkpoints or tcfg.epochs // tcfg.checkpoint_every
+        free = free_bytes(self.run_dir.path)
+        if free is not None and (2 + numbered) * one > free:
+            warnings.warn(
+                f"{numbered} numbered checkpoints of {format_bytes(one)} will not fit in the {format_bytes(free)} "
+                f"free under {self.run_dir.path}; keep fewer with --set train.keep_checkpoints=N",
+                GanforgeWarning,
+                stacklevel=2,
+            )
 
     def _make_observers(self, resumed_from: int | None) -> list[Any]:
         observers: list[Any] = []
@@ -148,7 +171,7 @@ class Trainer:
         self.step.step_count = self.state.step
         if not self.ctx.is_main:
             return
-        if not self.run_dir.path.exists():
+        if not self.run_dir.checkpoints.exists():  # --resume CHECKPOINT --out NEW_DIR
             self.run_dir.create(overwrite=False)
         self.run_dir.truncate_after(self.state.step)
         self.run_dir.append(  # before the observers exist: they read it from metrics.jsonl

@@ -66,7 +66,7 @@ def check_shards(cfg: RunConfig, num_images: int, world_size: int) -> None:
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)  # NumPy's seeds stop at 2**32; config seeds go to 2**63
     torch.manual_seed(seed)
 
 

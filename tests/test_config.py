@@ -79,3 +79,27 @@ def test_from_dict_rejects_unknown_keys_and_wrong_types():
 def test_unknown_recipe_lists_known_ones():
     with pytest.raises(ConfigError, match="unknown recipe 'mnist-mpl'; known: .*mnist-mlp"):
         get_recipe("mnist-mpl")
+
+
+def test_configs_saved_before_the_augment_section_still_load():
+    """Runs and checkpoints written before augment / model.spectral_norm / train.freeze_d_layers existed
+    hold no such keys: they load with the defaults, which are off."""
+    raw = json.loads(to_json(get_recipe("anime-dcgan")))
+    del raw["augment"], raw["model"]["spectral_norm"], raw["train"]["freeze_d_layers"]
+    cfg = from_json(json.dumps(raw))
+    assert cfg == get_recipe("anime-dcgan")
+    assert cfg.augment.policy == "" and not cfg.model.spectral_norm and cfg.train.freeze_d_layers == 0
+
+
+def test_augment_overrides_convert_and_validate():
+    cfg = get_recipe("mnist-mlp")
+    apply_overrides(cfg, ["augment.policy=color,cutout", "augment.adaptive=on", "augment.speed_images=1000"])
+    assert (cfg.augment.policy, cfg.augment.adaptive, cfg.augment.speed_images) == ("color,cutout", True, 1000)
+    for bad, message in [
+        ("augment.p=1.5", r"augment\.p=1\.5 must be in \[0, 1\]"),
+        ("augment.target=1", r"augment\.target=1\.0 must be in \(-1, 1\)"),
+        ("augment.interval=0", "augment.interval=0 must be > 0"),
+        ("train.freeze_d_layers=-1", "train.freeze_d_layers=-1 must be >= 0"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            apply_overrides(get_recipe("mnist-mlp"), [bad])

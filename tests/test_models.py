@@ -21,6 +21,7 @@ ARCH_CONFIGS: dict[str, dict] = {
     "cdcgan": {"resolution": 64, "num_classes": 10},
     "dcgan96": {"resolution": 96, "channels": 3},
     "dcgan28": {"latent_dim": 64, "num_classes": 10, "g_width": 32, "d_width": 32},  # mnist-quick
+    "resnet": {"resolution": 32, "channels": 3, "num_classes": 10, "g_width": 8, "d_width": 8},
 }
 B = 3
 
@@ -161,6 +162,89 @@ SPEC_PARAMS["dcgan28"] = (
 )
 
 
+# resnet (ours): stage widths w * min(R / r, 8). G blocks: [c]BN(c_in), Conv3x3(c_in, c_out) bias-free,
+# [c]BN(c_out), Conv3x3(c_out, c_out) with bias, Conv1x1(c_in, c_out) bias-free shortcut when the widths differ;
+# a conditional BN adds an Embedding(K, 2c) of gain/bias offsets. D blocks: Conv3x3(c_in, c_out) and
+# Conv3x3(c_out, c_out) with bias, the same bias-free 1x1 shortcut; head Linear(c, 1) + Embedding(K, c).
+def cbn(c: int, classes: int) -> int:
+    return bn(c) + classes * 2 * c
+
+
+def resnet_g_block(c_in: int, c_out: int, classes: int) -> int:
+    shortcut = conv(1, c_in, c_out, False) if c_in != c_out else 0
+    return (
+        cbn(c_in, classes) + conv(3, c_in, c_out, False) + cbn(c_out, classes) + conv(3, c_out, c_out, True) + shortcut
+    )
+
+
+def resnet_d_block(c_in: int, c_out: int) -> int:
+    shortcut = conv(1, c_in, c_out, False) if c_in != c_out else 0
+    return conv(3, c_in, c_out, True) + conv(3, c_out, c_out, True) + shortcut
+
+
+# 32 px, w = 8, RGB, 10 classes: base 4x4, widths 64 (4x4), 32 (8x8), 16 (16x16), 8 (32x32).
+SPEC_PARAMS["resnet"] = (
+    lin(100, 64 * 4 * 4)
+    + resnet_g_block(64, 32, 10)
+    + resnet_g_block(32, 16, 10)
+    + resnet_g_block(16, 8, 10)
+    + bn(8)
+    + conv(3, 8, 3, True),
+    resnet_d_block(3, 8) + resnet_d_block(8, 16) + resnet_d_block(16, 32) + lin(32, 1) + 10 * 32,
+)
+
+
+def test_resnet_96px_parameter_count_and_widths():
+    """The anime size, unconditional, w = 16: base 6x6 and widths 128 (6), 128 (12), 64 (24), 32 (48), 16 (96)."""
+    g, d = build_models(ModelConfig(arch="resnet", resolution=96, channels=3, g_width=16, d_width=16))
+    g_count = (
+        lin(100, 128 * 36)
+        + resnet_g_block(128, 128, 0)
+        + resnet_g_block(128, 64, 0)
+        + resnet_g_block(64, 32, 0)
+        + resnet_g_block(32, 16, 0)
+        + bn(16)
+        + conv(3, 16, 3, True)
+    )
+    d_count = (
+        resnet_d_block(3, 16) + resnet_d_block(16, 32) + resnet_d_block(32, 64) + resnet_d_block(64, 128) + lin(128, 1)
+    )
+    assert (n_params(g), n_params(d)) == (g_count, d_count)
+    assert [block.conv2.out_channels for block in g.blocks] == [128, 64, 32, 16]
+    assert [block.conv2.out_channels for block in d.blocks] == [16, 32, 64, 128]
+    assert isinstance(g.blocks[0].shortcut, nn.Identity)  # 128 -> 128 needs no 1x1 conv
+
+
+def test_resnet_forward_flops_match_the_closed_form():
+    """Conv/matmul FLOPs of one forward, counted by FlopCounterMode, against 2 x the MACs of the layout; the
+    1x1 shortcuts run at the lower resolution (the cheap side of the exact commutation with up/down-sampling)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = make_cfg("resnet")
+    g, d = build_models(cfg)
+    z, labels = inputs(cfg, batch=1)
+    widths, sizes = [64, 32, 16, 8], [4, 8, 16, 32]
+    g_macs = 100 * 64 * 16 + 9 * 8 * 3 * 32 * 32
+    for (c_in, c_out), r in zip(zip(widths[:-1], widths[1:]), sizes[:-1]):
+        g_macs += 9 * c_in * c_out * (2 * r) ** 2 + 9 * c_out * c_out * (2 * r) ** 2 + c_in * c_out * r**2
+    d_macs = 32  # head
+    for (c_in, c_out), r in zip([(3, 8), (8, 16), (16, 32)], [32, 16, 8]):
+        d_macs += 9 * c_in * c_out * r**2 + 9 * c_out * c_out * r**2 + c_in * c_out * (r // 2) ** 2
+    for net, args, macs in ((g, (z, labels), g_macs), (d, (g(z, labels).detach(), labels), d_macs)):
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            net(*args)
+        assert counter.get_total_flops() == 2 * macs
+
+
+@pytest.mark.parametrize("resolution", [32, 48, 64, 96, 128, 192, 256])
+def test_resnet_supports_its_resolutions(resolution):
+    cfg = make_cfg("resnet", resolution=resolution, num_classes=0, g_width=2, d_width=2, latent_dim=8)
+    g, d = build_models(cfg)
+    images = g(torch.randn(2, 8))
+    assert images.shape == (2, 3, resolution, resolution) and d(images).shape == (2,)
+
+
 @pytest.mark.parametrize("arch", MODELS.names())
 def test_parameter_count_matches_spec(arch):
     assert arch in SPEC_PARAMS, f"write out the hand parameter count of {arch!r}"
@@ -178,6 +262,8 @@ def test_parameter_count_matches_spec(arch):
         ("dcgan96", {"latent_dim": 12, "channels": 1, "g_width": 8, "d_width": 4}),
         ("dcgan28", {"latent_dim": 16, "num_classes": 0, "channels": 3, "g_width": 8, "d_width": 4}),
         ("dcgan28", {"latent_dim": 16, "num_classes": 3, "g_width": 4, "d_width": 8}),
+        ("resnet", {"latent_dim": 16, "num_classes": 0, "channels": 1, "resolution": 48, "g_width": 4}),
+        ("resnet", {"latent_dim": 16, "num_classes": 3, "resolution": 64, "g_width": 2, "d_width": 4}),
     ],
 )
 def test_free_sizes_follow_the_config(arch, overrides):
@@ -272,6 +358,9 @@ def test_bad_tensor_shapes_are_rejected():
         ("mlp", {"num_classes": 10}, "cdcgan"),
         ("dcgan96", {"num_classes": 10}, "model.num_classes=0"),
         ("dcgan28", {"resolution": 32}, "model.resolution=28"),
+        ("resnet", {"resolution": 28}, "model.resolution=28 is not supported by arch 'resnet'"),
+        ("resnet", {"resolution": 40}, "4 \\* 2\\^k or 6 \\* 2\\^k"),
+        ("resnet", {"resolution": 16}, "k >= 3"),
         ("mlp", {"g_width": 128}, "model.g_width=64"),
         ("conv", {"d_width": 32}, "model.d_width=64"),
         ("mlp", {"init": "xavier"}, "model.init"),

@@ -54,6 +54,7 @@ class ModelConfig:
     # D ends in a sigmoid that the loss, which reads D's output as a logit, applies again: mnist-mlp-bn's
     # Keras original (from_logits=True on a sigmoid output). Only the MLP discriminators have it.
     d_output_sigmoid: bool = False
+    spectral_norm: bool = False  # spectral normalisation of every Conv/Linear/Embedding weight of D (SNGAN)
 
 
 @dataclass
@@ -97,6 +98,7 @@ class TrainConfig:
     # every step draws batch_size noise vectors, also for an epoch's short last batch (mnist-mlp-bn's Keras
     # original); off: as many as there are real images
     full_noise_batch: bool = False
+    freeze_d_layers: int = 0  # FreezeD: D's first N blocks keep their (given) weights when fine-tuning
     sync_batchnorm: bool = False  # distributed runs: BatchNorm statistics over the global batch
     log_every: int = 50  # steps between metrics.jsonl records
     sample_every: int = 1  # epochs between sample grids
@@ -129,6 +131,17 @@ class SampleConfig:
 
 
 @dataclass
+class AugmentConfig:
+    # Differentiable augmentation of everything D sees (reals and fakes in the D step, fakes in the G step)
+    policy: str = ""  # comma list of ganforge.augment.AUGMENTATIONS: color,translation,cutout ("" = off)
+    p: float = 1.0  # probability each op is applied to each sample, when not adaptive (1 = DiffAugment)
+    adaptive: bool = False  # ADA: p starts at 0 and follows r_t = E[sign(D(x_real))] toward target (p ignored)
+    target: float = 0.6  # ADA's r_t target
+    interval: int = 4  # D steps between p updates
+    speed_images: int = 500_000  # images over which p can move from 0 to 1
+
+
+@dataclass
 class RunConfig:
     recipe: str = "custom"
     description: str = ""
@@ -139,9 +152,10 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
-SECTIONS = ("data", "model", "loss", "optim", "train", "eval", "sample")
+SECTIONS = ("data", "model", "loss", "optim", "train", "eval", "sample", "augment")
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.split": ("train", "test"),
     "data.labels": ("auto", "none", "subfolders", "csv"),
@@ -173,6 +187,8 @@ POSITIVE = (
     "sample.num",
     "sample.candidates",
     "sample.noise_std",
+    "augment.interval",
+    "augment.speed_images",
 )
 NON_NEGATIVE = (
     "model.num_classes",
@@ -181,6 +197,7 @@ NON_NEGATIVE = (
     "train.max_time",
     "train.ema_decay",
     "train.keep_checkpoints",
+    "train.freeze_d_layers",
     "data.max_images",
     "data.num_workers",
     "eval.every",
@@ -310,6 +327,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         value = get_value(cfg, key)
         if value < 0:
             raise ConfigError(f"{key}={value} must be >= 0")
+    if not 0.0 <= cfg.augment.p <= 1.0:
+        raise ConfigError(f"augment.p={cfg.augment.p} must be in [0, 1]")
+    if not -1.0 < cfg.augment.target < 1.0:
+        raise ConfigError(f"augment.target={cfg.augment.target} must be in (-1, 1): r_t = E[sign(D(x_real))]")
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay={cfg.train.ema_decay} must be in [0, 1)")
     for key in ("optim.beta1", "optim.beta2"):

@@ -18,7 +18,9 @@ from ganforge.models.conv import ConvDiscriminator, ConvGenerator, build_conv
 from ganforge.models.dcgan import DCGANDiscriminator, DCGANGenerator, build_cdcgan, build_dcgan96
 from ganforge.models.init import dcgan_init_, keras_init_
 from ganforge.models.mlp import MLPDiscriminator, MLPGenerator, build_mlp, build_mlp_bn
+from ganforge.models.options import apply_spectral_norm, freeze_discriminator_blocks
 from ganforge.models.quick import QuickDiscriminator, QuickGenerator, build_dcgan28
+from ganforge.models.resnet import ResNetDiscriminator, ResNetGenerator, build_resnet
 from ganforge.registry import Registry
 
 Builder = Callable[[ModelConfig], tuple[nn.Module, nn.Module]]
@@ -30,15 +32,17 @@ MODELS.register("conv")(build_conv)  # mnist-conv
 MODELS.register("cdcgan")(build_cdcgan)  # mnist-cgan
 MODELS.register("dcgan96")(build_dcgan96)  # anime-dcgan
 MODELS.register("dcgan28")(build_dcgan28)  # mnist-quick, digits-quick
+MODELS.register("resnet")(build_resnet)  # residual G and D, 32-256 px, any width, optionally conditional
 
 INITS = ("default", "dcgan", "keras")
 _POSITIVE = ("latent_dim", "channels", "resolution", "g_width", "d_width")
 
 
 def build_models(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
-    """Build ``(generator, discriminator)`` for ``cfg.arch`` and apply ``cfg.init``.
+    """Build ``(generator, discriminator)`` for ``cfg.arch``, apply ``cfg.init``, then ``cfg.spectral_norm``.
 
     ``init="default"`` keeps PyTorch's own init; ``"dcgan"`` applies ``dcgan_init_`` to both nets.
+    ``spectral_norm=True`` parametrizes every Conv/Linear/Embedding of D (``apply_spectral_norm``).
     Raises ``ConfigError`` for an unknown arch or init, or a value the arch's spec contradicts.
     """
     # Checked here too because a ModelConfig can be built directly, bypassing config.validate.
@@ -56,6 +60,8 @@ def build_models(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
     if initialise is not None:
         initialise(generator)
         initialise(discriminator)
+    if cfg.spectral_norm:
+        apply_spectral_norm(discriminator)  # after init: it normalises the initialised weights
     return generator, discriminator
 
 
@@ -75,7 +81,11 @@ __all__ = [
     "MLPGenerator",
     "QuickDiscriminator",
     "QuickGenerator",
+    "ResNetDiscriminator",
+    "ResNetGenerator",
+    "apply_spectral_norm",
     "build_models",
     "dcgan_init_",
+    "freeze_discriminator_blocks",
     "keras_init_",
 ]

@@ -60,8 +60,35 @@ class Generator(GanModule):
             raise ValueError(f"{type(self).__name__}: z must be [B, {self.latent_dim}], got {tuple(z.shape)}")
 
 
+# Layers that carry a block's weights: a FreezeD block starts at each of these (see feature_blocks).
+_WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
+# Treated as single layers even when they have children (spectral norm hangs a parametrization under them).
+_LEAVES = (*_WEIGHT_LAYERS, nn.Embedding, nn.modules.batchnorm._BatchNorm)
+
+
+def _layers(module: nn.Module) -> list[nn.Module]:
+    """The leaf layers of ``module`` in registration order (the forward order of every ganforge D)."""
+    if isinstance(module, _LEAVES) or not any(True for _ in module.children()):
+        return [module]
+    return [leaf for child in module.children() for leaf in _layers(child)]
+
+
 class Discriminator(GanModule):
     """``forward(x, labels=None) -> logits [B]`` (no sigmoid: the losses work in logit space)."""
+
+    def feature_blocks(self) -> list[nn.Module]:
+        """D's blocks from the input up, for FreezeD (``ganforge.models.freeze_discriminator_blocks``).
+
+        By default a block is one weight layer (Conv/Linear) with the norms, activations and pools after it,
+        and the last block is the one that makes the logit (with a projection embedding, if any). Archs with
+        residual blocks override this to return those.
+        """
+        groups: list[list[nn.Module]] = []
+        for layer in _layers(self):
+            if isinstance(layer, _WEIGHT_LAYERS) or not groups:
+                groups.append([])
+            groups[-1].append(layer)
+        return [nn.ModuleList(group) for group in groups]
 
     def _check_images(self, x: torch.Tensor) -> None:
         expected = (self.channels, self.resolution, self.resolution)

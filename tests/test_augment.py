@@ -266,3 +266,29 @@ def test_controller_rejects_bad_settings():
         A.AdaptiveAugment(target=1.0)
     with pytest.raises(ValueError, match="interval"):
         A.AdaptiveAugment(interval=0)
+
+
+def test_training_with_ada_resumes_exactly_and_logs_p(tmp_path):
+    """DiffAugment with ADA inside training: p is logged, and a run stopped mid-epoch and resumed equals the
+    straight run (the augmentation's random stream and ADA's state are in the checkpoint)."""
+    import json
+
+    from ganforge.checkpoint import load_tensors
+    from ganforge.cli import main
+
+    args = ["digits-quick", "--batch-size", "16", "--precision", "fp32", "--set", "data.max_images=64"]
+    args += ["--set", "train.progress=false", "--set", "augment.policy=color,translation,cutout"]
+    args += ["--set", "augment.adaptive=true", "--set", "augment.interval=1", "--set", "augment.speed_images=64"]
+    args += ["--set", "train.log_every=1", "--epochs", "2"]
+    assert main(["train", *args, "--out", str(tmp_path / "straight")]) == 0
+    assert main(["train", *args, "--out", str(tmp_path / "resumed"), "--max-steps", "3"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "resumed"), "--set", "train.max_steps=0"]) == 0
+    a = load_tensors(tmp_path / "straight" / "checkpoints" / "latest.safetensors")
+    b = load_tensors(tmp_path / "resumed" / "checkpoints" / "latest.safetensors")
+    for key in a[0]:
+        if key.startswith(("generator.", "discriminator.", "rng.augment")):
+            assert torch.equal(a[0][key], b[0][key]), key
+    assert a[1]["augment"] == b[1]["augment"] and a[1]["augment"]["ada"]["p"] > 0
+    records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    p = [r["augment_p"] for r in records if r["kind"] == "step"]
+    assert len(p) == 8 and p[-1] > 0

@@ -272,3 +272,13 @@ def test_last_batch_too_small_for_the_processes_is_refused(tmp_path):
         check_shards(cfg, 65, ctx.world_size)
     # an uneven but non-empty last batch (2 + 1 images) is fine: rank 1's mean over 1 image weighs 1/3
     assert DistContext(rank=1, world_size=2).shard_weight(3) * 1 / 2 == pytest.approx(1 / 3)
+
+
+def test_a_penalty_objective_on_two_processes_equals_one(tmp_path):
+    """R1's double backward runs on the plain D (never through DDP's hooks), and the one backward of
+    loss + penalty still all-reduces D's whole gradient: 2 gloo processes give the 1-process weights."""
+    extra = ["--set", "loss.name=r1", "--set", "loss.r1_gamma=10"]
+    overrides = ["data.dataset=digits", "data.max_images=64", "train.batch_size=16", "loss.name=r1", "loss.r1_gamma=10"]
+    train_here("mnist-mlp", *TINY, *extra, "--max-steps", "3", "--out", tmp_path / "one")
+    ok(torchrun("train", "mnist-mlp", *TINY, *QUIET, *extra, "--max-steps", "3", "--out", tmp_path / "two"))
+    assert_same_weights(tmp_path / "one", tmp_path / "two", "mnist-mlp", overrides)

@@ -60,6 +60,10 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     name: str = "bce"  # key of ganforge.objectives.OBJECTIVES
+    r1_gamma: float = 1.0  # r1 and rpgan: weight gamma of gamma/2 * E||grad_x D(x_real)||^2
+    r2_gamma: float = 1.0  # rpgan: the same on the fakes (R3GAN's R1 + R2)
+    gp_lambda: float = 10.0  # wgan-gp: weight of the gradient penalty on interpolates
+    reg_every: int = 1  # lazy regularisation (StyleGAN2): the penalties every k D steps, weighted k
 
 
 @dataclass
@@ -98,6 +102,7 @@ class TrainConfig:
     # every step draws batch_size noise vectors, also for an epoch's short last batch (mnist-mlp-bn's Keras
     # original); off: as many as there are real images
     full_noise_batch: bool = False
+    ema_rampup: bool = False  # EMA decay (1 + t) / (10 + t) until it reaches ema_decay (early EMAs follow G)
     freeze_d_layers: int = 0  # FreezeD: D's first N blocks keep their (given) weights when fine-tuning
     sync_batchnorm: bool = False  # distributed runs: BatchNorm statistics over the global batch
     log_every: int = 50  # steps between metrics.jsonl records
@@ -174,6 +179,7 @@ POSITIVE = (
     "optim.lr_g",
     "optim.lr_d",
     "optim.eps",
+    "loss.reg_every",
     "train.batch_size",
     "train.d_every",
     "train.g_every",

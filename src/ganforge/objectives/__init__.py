@@ -19,6 +19,7 @@ from typing import NamedTuple, Protocol
 
 import torch
 
+from ganforge.config import LossConfig
 from ganforge.registry import Registry
 
 
@@ -31,6 +32,11 @@ class Critic(Protocol):
     """D as the objectives see it: float logits [b]. Calls run under the run's autocast (and augmentation)."""
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor: ...
+
+    def for_penalty(self) -> Critic:
+        """The same D for a gradient penalty's double backward: never through DDP's wrapper, whose hooks
+        cannot take a second derivative (StyleGAN2-ADA takes its penalties on the plain module too)."""
+        ...
 
     def pair(self, real: Batch, fake: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits_real, logits_fake): the same numbers as two calls, possibly in one forward."""
@@ -96,11 +102,13 @@ class LogitObjective(Objective):
         return d, g
 
 
-OBJECTIVES: Registry[Objective] = Registry("objective")
+# name -> builder from the run's LossConfig (the penalties' weights and schedule live there)
+OBJECTIVES: Registry[Callable[[LossConfig], Objective]] = Registry("objective")
 
 
-def get_objective(name: str) -> Objective:
-    return OBJECTIVES.get(name)
+def get_objective(name: str, cfg: LossConfig | None = None) -> Objective:
+    return OBJECTIVES.get(name)(cfg or LossConfig(name=name))
 
 
-from ganforge.objectives import bce  # noqa: E402, F401  (one line per objective file: registers it)
+# one line per objective file: importing it registers it
+from ganforge.objectives import bce, hinge, lsgan, r1, rpgan, wgan_gp  # noqa: E402, F401

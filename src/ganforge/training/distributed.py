@@ -65,6 +65,14 @@ class DistContext:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item() > 0)
 
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum a tensor over ranks (a copy; the input is untouched)."""
+        if not self.enabled:
+            return values
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values
+
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         """Average a tensor over ranks (for logging; training maths never needs it)."""
         if not self.enabled:

@@ -47,7 +47,7 @@ from ganforge.training.state import (
     save_training_checkpoint,
     save_weight_exports,
 )
-from ganforge.training.step import NoiseSource, StatsSummary, StepStats, TrainStep
+from ganforge.training.step import DiscriminatorAugment, NoiseSource, StatsSummary, StepStats, TrainStep
 
 
 @dataclass
@@ -93,7 +93,7 @@ class Trainer:
         resume_overrides: list[str] | None = None,
     ) -> None:
         self.cfg, self.ctx = cfg, ctx
-        self.objective = get_objective(cfg.loss.name)
+        self.objective = get_objective(cfg.loss.name, cfg.loss)
         if cfg.train.tensorboard:
             check_tensorboard()  # a missing extra is an error now, not after the data has loaded
         if resume is None:
@@ -107,6 +107,8 @@ class Trainer:
         self.noise = NoiseSource(cfg.model.latent_dim, cfg.model.num_classes, cfg.train.seed + 7919, ctx)
         autocast = torch.bfloat16 if cfg.train.precision == "bf16" else None
         self.step = TrainStep(self.nets, self.objective, cfg.train, self.noise, ctx, autocast)
+        if cfg.augment.policy:
+            self.step.augment = DiscriminatorAugment(cfg.augment, ctx.device, cfg.train.seed + 104729)
         self.grids = SampleGrids(cfg, ctx.device)
         self.evaluator = Evaluator(cfg, ctx.device)
         self.state = TrainState()
@@ -167,7 +169,9 @@ class Trainer:
             observer.on_grid(path, self.state.step)
 
     def _resume(self, checkpoint: Path, overrides: list[str]) -> None:
-        self.state, self.acc_epoch, _ = load_training_checkpoint(checkpoint, self.cfg, self.nets, self.noise, self.log)
+        self.state, self.acc_epoch, _ = load_training_checkpoint(
+            checkpoint, self.cfg, self.nets, self.noise, self.log, augment=self.step.augment
+        )
         self.step.step_count = self.state.step
         if not self.ctx.is_main:
             return
@@ -283,6 +287,7 @@ class Trainer:
             "d_real": summary.d_real,
             "d_fake": summary.d_fake,
             "d_fake_after": summary.d_fake_after,
+            **({"augment_p": round(self.step.augment.p, 5)} if self.step.augment is not None else {}),
             "time_s": round(state.elapsed, 2),
         }
 
@@ -366,7 +371,14 @@ class Trainer:
         if self.ctx.is_main:
             with self.stop.protect():  # no Ctrl-C aborts a save half-way
                 save_training_checkpoint(
-                    path, self.cfg, self.nets, self.noise, self.acc_epoch, self.state, self.ctx.world_size
+                    path,
+                    self.cfg,
+                    self.nets,
+                    self.noise,
+                    self.acc_epoch,
+                    self.state,
+                    self.ctx.world_size,
+                    augment=self.step.augment,
                 )
             self.stop.saved()  # a second Ctrl-C waiting for this save stops here
 

@@ -28,7 +28,7 @@ from ganforge.checkpoint import flatten_state, load_module, load_tensors, module
 from ganforge.config import RunConfig, from_dict, to_dict
 from ganforge.errors import CheckpointError, ConfigError
 from ganforge.objectives import Batch
-from ganforge.training.step import Networks, NoiseSource, StepStats
+from ganforge.training.step import DiscriminatorAugment, Networks, NoiseSource, StepStats
 
 
 @dataclass
@@ -50,6 +50,7 @@ def save_training_checkpoint(
     state: TrainState,
     world_size: int,
     extra: dict[str, Any] | None = None,
+    augment: DiscriminatorAugment | None = None,
 ) -> None:
     """Everything ``load_training_checkpoint`` needs to continue bit for bit; ``extra``: more JSON meta."""
     tensors: dict[str, torch.Tensor] = {}
@@ -71,6 +72,9 @@ def save_training_checkpoint(
         if noise.kept.y is not None:
             tensors["noise.kept_labels"] = noise.kept.y
     tensors["acc_epoch"] = acc_epoch.totals
+    if augment is not None:  # its random stream and ADA's p
+        tensors["rng.augment"] = augment.rng.get_state()
+        extra = {**(extra or {}), "augment": augment.state_dict()}
     meta = {
         "config": to_dict(cfg),
         "state": dict(vars(state)),
@@ -95,7 +99,12 @@ def save_weight_exports(run_dir: Path, cfg: RunConfig, nets: Networks, step: int
 
 
 def load_training_checkpoint(
-    path: Path, cfg: RunConfig, nets: Networks, noise: NoiseSource, log: Any = print
+    path: Path,
+    cfg: RunConfig,
+    nets: Networks,
+    noise: NoiseSource,
+    log: Any = print,
+    augment: DiscriminatorAugment | None = None,
 ) -> tuple[TrainState, StepStats, dict[str, Any]]:
     """Restore networks, optimisers and RNG streams in place; returns (state, epoch statistics, meta)."""
     tensors, meta, kind = load_tensors(path)
@@ -131,6 +140,9 @@ def load_training_checkpoint(
     if "noise.kept_z" in tensors:
         labels = tensors.get("noise.kept_labels")
         noise.kept = Batch(tensors["noise.kept_z"].to(device), None if labels is None else labels.to(device))
+    if augment is not None and "rng.augment" in tensors:
+        augment.rng.set_state(tensors["rng.augment"])
+        augment.load_state_dict(meta.get("augment", {}))
     known = {f.name for f in dataclasses.fields(TrainState)}  # older checkpoints carry retired fields
     state = TrainState(**{k: v for k, v in meta["state"].items() if k in known})
     return state, StepStats(tensors["acc_epoch"].to(device)), meta

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ganforge.config import TrainConfig
+from ganforge.augment import AdaptiveAugment, Augmentation
+from ganforge.config import AugmentConfig, TrainConfig
 from ganforge.objectives import Batch, Objective, PhaseLoss
 from ganforge.training.distributed import DistContext
 
@@ -117,15 +118,29 @@ class DiscriminatorCritic:
     """
 
     def __init__(
-        self, discriminator: nn.Module, autocast: Callable[[], contextlib.AbstractContextManager], per_sample: bool
+        self,
+        discriminator: nn.Module,
+        autocast: Callable[[], contextlib.AbstractContextManager],
+        per_sample: bool,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        plain: nn.Module | None = None,
     ) -> None:
         self.discriminator, self.autocast, self.per_sample = discriminator, autocast, per_sample
+        self.augment = augment  # applied to every batch D sees (DiffAugment / ADA), or None
+        self.plain = plain if plain is not None else discriminator  # D without DDP, for penalties
+
+    def for_penalty(self) -> DiscriminatorCritic:
+        return DiscriminatorCritic(self.plain, self.autocast, self.per_sample, self.augment)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        if self.augment is not None:
+            x = self.augment(x)
         with self.autocast():
             return self.discriminator(x, y).float()  # [b]
 
     def pair(self, real: Batch, fake: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.augment is not None:
+            real, fake = Batch(self.augment(real.x), real.y), Batch(self.augment(fake.x), fake.y)
         with self.autocast():
             if not self.per_sample:
                 return self.discriminator(real.x, real.y).float(), self.discriminator(fake.x, fake.y).float()
@@ -165,6 +180,7 @@ class TrainStep:
         self.nets, self.objective, self.tcfg, self.noise, self.ctx = nets, objective, tcfg, noise, ctx
         self.autocast_dtype = autocast_dtype
         self.step_count = 0  # the global step, for objectives with schedules (lazy regularisation)
+        self.augment: DiscriminatorAugment | None = None  # set by the trainer when augment.policy is given
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -172,7 +188,10 @@ class TrainStep:
         return torch.autocast(device_type=self.ctx.device.type, dtype=self.autocast_dtype)
 
     def critic(self, discriminator: nn.Module) -> DiscriminatorCritic:
-        return DiscriminatorCritic(discriminator, self.autocast, self.nets.d_per_sample)
+        augment = self.augment if self.augment is not None and self.augment.active else None
+        return DiscriminatorCritic(
+            discriminator, self.autocast, self.nets.d_per_sample, augment, self.nets.discriminator_core
+        )
 
     def __call__(self, x_real: torch.Tensor, y_real: torch.Tensor | None, batch_index: int, n_global: int):
         if self.noise.num_classes == 0:
@@ -227,6 +246,8 @@ class TrainStep:
         nets.opt_d.zero_grad(set_to_none=True)
         _weighted(d.loss, weight).backward()
         nets.opt_d.step()
+        if self.augment is not None:
+            self.augment.after_d_phase(d.logits_real, self.ctx)
         _record_d(stats, d)
 
     def _g_phase(self, fake: Batch, real: Batch, weight: float, stats: StepStats) -> None:
@@ -241,7 +262,7 @@ class TrainStep:
         finally:
             nets.discriminator_core.requires_grad_(True)
         nets.opt_g.step()
-        update_ema(nets.ema, nets.generator_core, self.tcfg.ema_decay)
+        update_ema(nets.ema, nets.generator_core, self._ema_decay())
         _record_g(stats, g)
 
     def _simultaneous(self, real: Batch, n_global: int, weight: float, stats: StepStats) -> None:
@@ -255,10 +276,53 @@ class TrainStep:
         _weighted(g.loss, weight).backward(inputs=list(nets.generator_core.parameters()))
         nets.opt_d.step()
         nets.opt_g.step()
-        update_ema(nets.ema, nets.generator_core, self.tcfg.ema_decay)
+        update_ema(nets.ema, nets.generator_core, self._ema_decay())
         _record_d(stats, d)
         _record_g(stats, g)
         self.step_count += 1
+
+    def _ema_decay(self) -> float:
+        """train.ema_rampup: (1 + t) / (10 + t) until it reaches ema_decay, so early EMAs follow G closely
+        instead of averaging in its random start."""
+        if not self.tcfg.ema_rampup:
+            return self.tcfg.ema_decay
+        return min(self.tcfg.ema_decay, (1 + self.step_count) / (10 + self.step_count))
+
+
+class DiscriminatorAugment:
+    """What D sees, augmented: DiffAugment's policy with a fixed probability or ADA's adaptive one. Its
+    random draws come from its own generator, checkpointed with the run, so resume stays exact."""
+
+    def __init__(self, cfg: AugmentConfig, device: torch.device, seed: int) -> None:
+        self.augmentation = Augmentation(cfg.policy)
+        self.rng = torch.Generator(device=device).manual_seed(seed)
+        self.adaptive = AdaptiveAugment(cfg.target, cfg.interval, cfg.speed_images) if cfg.adaptive else None
+        self.fixed_p = cfg.p
+
+    @property
+    def p(self) -> float:
+        return self.adaptive.p if self.adaptive is not None else self.fixed_p
+
+    @property
+    def active(self) -> bool:
+        # ADA starts at p = 0, where augmenting changes nothing but still observes D
+        return bool(self.augmentation) and (self.adaptive is not None or self.fixed_p > 0)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.augmentation(x, self.rng, self.p)
+
+    def after_d_phase(self, logits_real: torch.Tensor | None, ctx: DistContext) -> None:
+        if self.adaptive is None or logits_real is None:
+            return
+        self.adaptive.observe(logits_real)
+        self.adaptive.step(reduce=ctx.sum if ctx.enabled else None)
+
+    def state_dict(self) -> dict:
+        return {"ada": self.adaptive.state_dict() if self.adaptive is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.adaptive is not None and state.get("ada") is not None:
+            self.adaptive.load_state_dict(state["ada"])
 
 
 def _record_d(stats: StepStats, d: PhaseLoss) -> None:

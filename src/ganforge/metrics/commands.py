@@ -42,6 +42,12 @@ TRAIN_EVALUATOR_EXAMPLES = """\
     """
 
 DEFAULT_NUM = 5000
+DEFAULT_NUM_FOR = {"stacked-mnist": 10_000}  # `modes` is read at >= 10 samples per mode (1,000 modes)
+
+
+def default_num(dataset: str) -> int:
+    """``--num`` when not given: DEFAULT_NUM, or more where a metric needs it."""
+    return DEFAULT_NUM_FOR.get(dataset, DEFAULT_NUM)
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -80,14 +86,14 @@ def add_commands(subparsers: Any) -> None:
     ev.add_argument("--dataset", help="dataset for --noise/--real-vs-real without a checkpoint (e.g. mnist)")
     ev.add_argument(
         "--metrics",
-        default="fd,kid,pr,classifier_score,coverage,conditional_accuracy",
-        help="comma-separated: fd, kid, pr, classifier_score, coverage, conditional_accuracy, fid",
+        default="fd,kid,pr,classifier_score,coverage,conditional_accuracy,modes",
+        help="comma-separated: fd, kid, pr, classifier_score, coverage, conditional_accuracy, modes, fid",
     )
     ev.add_argument(
         "--num",
         type=int,
-        default=DEFAULT_NUM,
-        help=f"generated images (and real images) to compare (default {DEFAULT_NUM})",
+        help=f"generated images (and real images) to compare (default {DEFAULT_NUM}; stacked-mnist "
+        f"{default_num('stacked-mnist')}: modes are read at 10 samples per mode)",
     )
     ev.add_argument("--json", type=Path, help="write the results here (default: next to the checkpoint)")
     ev.add_argument(
@@ -193,7 +199,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("choose one of --noise and --real-vs-real")
     if args.checkpoint is None and not (args.noise or args.real_vs_real):
         raise ConfigError("give a run directory or checkpoint to evaluate (or --noise / --real-vs-real --dataset NAME)")
-    if args.num < 4:
+    if args.num is not None and args.num < 4:
         raise ConfigError(f"--num {args.num}: need at least 4 images")
     device = _device(args.device)
     metric_text = args.metrics.split(",")
@@ -221,8 +227,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ConfigError("fid is InceptionV3's FD: use --metrics fd with a classifier, or --extractor inception")
         extractor = "inception"
 
+    num = args.num if args.num is not None else default_num(data_cfg.dataset)
     real = load_dataset(data_cfg, channels, resolution)
-    num = args.num
     real_index = None
     if args.real_vs_real:
         real_index, other = split_halves(len(real), num, args.seed)
@@ -250,7 +256,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ganforge.metrics.extractors import ExtractorRequest, build_extractor
 
     request = ExtractorRequest(real=real, device=device, inception_weights=args.inception_weights,
-                               hflip=data_cfg.hflip, label_source=label_source, log=_log)  # fmt: skip
+                               hflip=data_cfg.hflip, label_source=label_source, log=_log,
+                               data_cfg=data_cfg)  # fmt: skip
     built = build_extractor(extractor, request)
     out = evaluate_detailed(
         real, fake_images, fake_labels, metrics, built, device,

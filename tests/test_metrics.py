@@ -307,9 +307,18 @@ def test_conditional_accuracy_toy():
 
 
 def test_registry_names_and_result_keys():
-    for name in ("fd", "kid", "precision_recall", "pr", "classifier_score", "coverage", "conditional_accuracy"):
+    for name in (
+        "fd",
+        "kid",
+        "precision_recall",
+        "pr",
+        "classifier_score",
+        "coverage",
+        "conditional_accuracy",
+        "modes",
+    ):
         assert name in METRICS
-    assert set(EXTRACTORS.names()) == {"classifier", "inception"}
+    assert set(EXTRACTORS.names()) == {"classifier", "inception", "per-channel-classifier"}
     assert result_key("fd", "mnist-classifier") == "fd_mnist-classifier"
     assert result_key("fd", "inception") == "fid"  # only InceptionV3's FD is "fid"
     assert result_key("kid", "inception") == "kid_inception"

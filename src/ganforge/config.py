@@ -39,6 +39,11 @@ class DataConfig:
     max_images: int = 0  # use only the first N images (0 = all)
     download: bool = True  # torchvision datasets: download when missing (needs network)
     num_workers: int = 2  # streaming path only
+    # stacked-mnist: how many stacks, and the seed that draws them. The seed is the data's own, not train.seed,
+    # so every training seed trains and is scored on the same stacks. 60,000 = one MNIST train split's worth
+    # (an epoch as long as MNIST's), 60 stacks of each of the 1,000 modes exactly; 141 MB as uint8
+    stacked_size: int = 60000
+    stacked_seed: int = 0
 
 
 @dataclass
@@ -115,6 +120,30 @@ class TrainConfig:
     tensorboard: bool = False  # also log to RUN/tensorboard/ (needs the extra: pip install ganforge[tensorboard])
     report: bool = True  # keep RUN/report.html (ganforge report) current while training
     report_every_s: float = 60.0  # rewrite report.html at most this often (seconds); always at the end
+    # Divergence guard (ganforge.training.guards.DivergenceGuard), on every logged window: a loss beyond the bound,
+    # or D(x) >= 1 - divergence_saturation and D(G(z)) <= divergence_saturation for divergence_windows windows
+    # in a row. Losses stay within ~0.1-30 in healthy BCE runs; the lr=1e4 run that diverged without a NaN
+    # logged 3e20 with D(x) = 1, D(G(z)) = 0.
+    on_divergence: str = "warn"  # warn | stop | off
+    divergence_loss_bound: float = 1e4  # |d_loss| or |g_loss| above this (0 = no bound)
+    divergence_windows: int = 5  # consecutive saturated windows (0 = no saturation check)
+    divergence_saturation: float = 1e-3
+    # Collapse alarm (ganforge.training.guards.CollapseAlarm), on evaluations and logged windows:
+    #   the tracked metric worse than its best by collapse_factor for collapse_patience evaluations in a row;
+    #   a coverage figure (coverage_*, or modes_* / modes_real_*) falling below collapse_coverage after having
+    #   reached it, or dropping to below (1 - collapse_coverage_drop) of the previous evaluation's;
+    #   D(x) - D(G(z)) >= collapse_gap for collapse_gap_windows logged windows in a row.
+    on_collapse: str = "warn"  # warn | stop | rollback (to best.safetensors, lr x rollback_lr_factor) | off
+    # "worse by a factor": FD above 3x its best, modes below 1/3 of theirs. Not 2: a plateau's evaluations swing
+    # by about +-25% (anime-dcgan's FD: 37-84 over 23 evaluations), so 2x the lowest draw is reached by chance
+    collapse_factor: float = 3.0
+    collapse_patience: int = 3  # evaluations in a row (0 = no metric trigger)
+    collapse_coverage: float = 0.5  # normalised coverage floor (0 = none)
+    collapse_coverage_drop: float = 0.5  # share lost between two evaluations that counts as sharp (0 = none)
+    collapse_gap: float = 0.9
+    collapse_gap_windows: int = 10  # logged windows in a row (0 = no D-gap trigger)
+    max_rollbacks: int = 2  # after this many, further collapse alarms only warn
+    rollback_lr_factor: float = 0.5  # both learning rates are multiplied by this at each rollback
 
 
 @dataclass
@@ -169,6 +198,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.init": ("default", "dcgan", "keras"),
     "train.g_update": ("same-fake", "fresh-noise", "simultaneous", "kept-noise"),
     "train.precision": ("fp32", "bf16"),
+    "train.on_divergence": ("warn", "stop", "off"),
+    "train.on_collapse": ("warn", "stop", "rollback", "off"),
 }
 POSITIVE = (
     "model.latent_dim",
@@ -189,6 +220,7 @@ POSITIVE = (
     "train.grid_size",
     "train.grid_columns",
     "train.report_every_s",
+    "data.stacked_size",
     "eval.num_samples",
     "sample.num",
     "sample.candidates",
@@ -204,12 +236,27 @@ NON_NEGATIVE = (
     "train.ema_decay",
     "train.keep_checkpoints",
     "train.freeze_d_layers",
+    "train.divergence_loss_bound",
+    "train.divergence_windows",
+    "train.collapse_patience",
+    "train.collapse_gap_windows",
+    "train.max_rollbacks",
     "data.max_images",
     "data.num_workers",
+    "data.stacked_seed",
     "eval.every",
     "eval.every_steps",
     "sample.top_k",
 )
+
+# key -> (low, high, low end open, high end open)
+INTERVALS: dict[str, tuple[float, float, bool, bool]] = {
+    "train.divergence_saturation": (0.0, 0.5, False, True),
+    "train.collapse_coverage": (0.0, 1.0, False, False),
+    "train.collapse_coverage_drop": (0.0, 1.0, False, True),
+    "train.collapse_gap": (0.0, 1.0, True, False),
+    "train.rollback_lr_factor": (0.0, 1.0, True, False),
+}
 
 
 def _field_types(obj: Any) -> dict[str, Any]:
@@ -337,6 +384,13 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"augment.p={cfg.augment.p} must be in [0, 1]")
     if not -1.0 < cfg.augment.target < 1.0:
         raise ConfigError(f"augment.target={cfg.augment.target} must be in (-1, 1): r_t = E[sign(D(x_real))]")
+    for key, (low, high, low_open, high_open) in INTERVALS.items():
+        value = get_value(cfg, key)
+        if not ((low < value if low_open else low <= value) and (value < high if high_open else value <= high)):
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise ConfigError(f"{key}={value} must be in {interval}")
+    if not cfg.train.collapse_factor > 1.0:
+        raise ConfigError(f"train.collapse_factor={cfg.train.collapse_factor} must be > 1 (times worse than the best)")
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay={cfg.train.ema_decay} must be in [0, 1)")
     for key in ("optim.beta1", "optim.beta2"):

@@ -10,6 +10,7 @@ Splits:
       images), train = the other 1,438. No RNG, so the split is the same on every version; the
       file is ordered roughly 0..9 repeatedly, so both splits are balanced across classes.
   image-folder: a folder has no split; train and test both use every image.
+  stacked-mnist: drawn from the MNIST split of the same name (see ``stacked``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from ganforge.config import DataConfig
+from ganforge.data import stacked
 from ganforge.data.core import (
     Decoded,
     ImageData,
@@ -212,6 +214,19 @@ def fashion_mnist(cfg: DataConfig, channels: int, resolution: int) -> Source:
     """Fashion-MNIST, 28x28 grey, torchvision's ten class names."""
     names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
     return _idx_source(cfg, channels, resolution, "fashion-mnist", "Fashion-MNIST", "FashionMNIST", names)
+
+
+@DATASETS.register("stacked-mnist")
+def stacked_mnist(cfg: DataConfig, channels: int, resolution: int) -> Source:
+    """Three MNIST digits as R, G, B: 1,000 modes, labels 100 d_R + 10 d_G + d_B (see ``data.stacked``)."""
+    stacked.check_channels(channels)
+    digits = _idx_source(stacked.channel_source(cfg), 1, 28, "mnist", "MNIST", "MNIST", [str(i) for i in range(10)])
+    return Source(
+        f"stacked-mnist/{cfg.split}",
+        digits.digest,
+        lambda: stacked.build_stacks(digits.build(), cfg, channels, resolution),
+        {"split": cfg.split, "size": cfg.stacked_size, "seed": cfg.stacked_seed, "version": stacked.STACK_VERSION},
+    )
 
 
 # --------------------------------------------------------------------------- CIFAR-10

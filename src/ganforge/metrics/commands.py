@@ -43,6 +43,12 @@ TRAIN_EVALUATOR_EXAMPLES = """\
     """
 
 DEFAULT_NUM = 5000
+DEFAULT_NUM_FOR = {"stacked-mnist": 10_000}  # `modes` is read at >= 10 samples per mode (1,000 modes)
+
+
+def default_num(dataset: str) -> int:
+    """``--num`` when not given: DEFAULT_NUM, or more where a metric needs it."""
+    return DEFAULT_NUM_FOR.get(dataset, DEFAULT_NUM)
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -83,14 +89,14 @@ def add_commands(subparsers: Any) -> None:
     ev.add_argument("--dataset", help="dataset for --noise/--real-vs-real without a checkpoint (e.g. mnist)")
     ev.add_argument(
         "--metrics",
-        default="fd,kid,pr,classifier_score,coverage,conditional_accuracy",
-        help="comma-separated: fd, kid, pr, classifier_score, coverage, conditional_accuracy, fid",
+        default="fd,kid,pr,classifier_score,coverage,conditional_accuracy,modes",
+        help="comma-separated: fd, kid, pr, classifier_score, coverage, conditional_accuracy, modes, fid",
     )
     ev.add_argument(
         "--num",
         type=whole(4),
-        default=DEFAULT_NUM,
-        help=f"generated images (and real images) to compare (default {DEFAULT_NUM})",
+        help=f"generated images (and real images) to compare (default {DEFAULT_NUM}; stacked-mnist "
+        f"{default_num('stacked-mnist')}: modes are read at 10 samples per mode)",
     )
     ev.add_argument("--json", type=Path, help="write the results here (default: next to the checkpoint)")
     ev.add_argument(
@@ -245,9 +251,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ganforge.metrics.extractors import ExtractorRequest, build_extractor
 
     request = ExtractorRequest(real=real, device=device, inception_weights=args.inception_weights,
-                               hflip=data_cfg.hflip, label_source=label_source, log=_log)  # fmt: skip
+                               hflip=data_cfg.hflip, label_source=label_source, log=_log,
+                               data_cfg=data_cfg)  # fmt: skip
     built = build_extractor(extractor, request)
-    num = args.num
+    num = args.num if args.num is not None else default_num(data_cfg.dataset)
     real_index = None
     if args.real_vs_real:
         real_index, other = split_halves(len(real), num, args.seed)

@@ -398,7 +398,13 @@ def ensure_evaluator(
     return info
 
 
-DEFAULT_SHAPES = {"mnist": (1, 28), "fashion-mnist": (1, 28), "digits": (1, 28), "cifar10": (3, 32)}
+DEFAULT_SHAPES = {
+    "mnist": (1, 28),
+    "fashion-mnist": (1, 28),
+    "digits": (1, 28),
+    "cifar10": (3, 32),
+    "stacked-mnist": (3, 28),
+}
 
 
 def default_shape(dataset: str) -> tuple[int, int]:
@@ -431,7 +437,10 @@ def train_evaluator(
     ``channels``/``resolution`` default to the dataset's native size (image folders: 3 x 64).
     """
     from ganforge.data import load_dataset
+    from ganforge.data.stacked import channel_source
 
+    if data_cfg.dataset == "stacked-mnist":  # judged per channel by the MNIST classifier: train that one
+        data_cfg, channels, resolution = channel_source(data_cfg), None, None
     default_c, default_r = default_shape(data_cfg.dataset)
     data = load_dataset(data_cfg, channels or default_c, resolution or default_r)
     if data.labels is None:

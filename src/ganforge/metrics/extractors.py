@@ -30,6 +30,7 @@ from ganforge.metrics.evaluator import prepare_images
 from ganforge.registry import Registry
 
 if TYPE_CHECKING:
+    from ganforge.config import DataConfig
     from ganforge.data import ImageData
 
 logger = logging.getLogger("ganforge.metrics")
@@ -112,6 +113,44 @@ class ClassifierExtractor(Extractor):
             "fingerprint": i.fingerprint, "classes": i.class_names, "heldout_accuracy": i.heldout_accuracy,
             "label_source": i.label_source,
         }  # fmt: skip
+
+
+class PerChannelClassifier(ClassifierExtractor):
+    """A grey-image evaluator applied to each of the R, G, B channels: Stacked MNIST's judge.
+
+    Each channel goes through the same network as a grey image (exactly what ``prepare_images`` gives
+    a 1-channel image: the per-pixel scaling and the bilinear resize act on each channel alone).
+    Features: the three channels' 128 features side by side ``[N, 3 * 128]``. Probabilities: the
+    product of the channels' softmax outputs over every digit triple ``[N, K**3]``, in mode order
+    ``K**2 d_R + K d_G + d_B`` (the stacked dataset's labels), so the argmax is the triple of the
+    channels' argmaxes and conditional accuracy, coverage and ``modes`` read it as 1,000 classes.
+    """
+
+    def __init__(self, info: ev.EvaluatorInfo, device: torch.device | str = "cpu") -> None:
+        super().__init__(info, device)
+        if info.channels != 1:
+            raise ConfigError(
+                f"a per-channel evaluator needs a grey (1-channel) classifier; {info.path} has {info.channels}"
+            )
+        names = info.class_names
+        sep = "" if all(len(n) == 1 for n in names) else "|"  # MNIST: "000".."999", the stacked labels' names
+        self.name = f"{info.name}-per-channel"
+        self.input_channels = 3
+        self.class_names = [sep.join((a, b, c)) for a in names for b in names for c in names]
+        self.identity = f"per-channel:{ev.ARCH}:{info.weights_sha256}"
+        self.batch_size = 128  # 3 grey images each
+        # 1.6x faster on CPU (oneDNN), as in training the evaluator; 10,000 stacks are 30,000 passes
+        self.net = self.net.to(memory_format=torch.channels_last)
+
+    def _forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        b, c, s, _ = x.shape  # [B, 3, S, S]
+        planes = x.reshape(b * c, 1, s, s).contiguous(
+            memory_format=torch.channels_last
+        )  # row 3i + c: image i, channel c
+        feats, logits = self.net(planes)  # [3B, 128], [3B, K]
+        p = logits.float().softmax(dim=1).reshape(b, c, -1)  # [B, 3, K]
+        joint = torch.einsum("bi,bj,bk->bijk", p[:, 0], p[:, 1], p[:, 2])  # [B, K, K, K]
+        return feats.reshape(b, -1), joint.reshape(b, -1)  # [B, 3 * 128], [B, K**3]
 
 
 # --------------------------------------------------------------------------- InceptionV3
@@ -251,6 +290,7 @@ class ExtractorRequest:
     hflip: bool = False
     label_source: str = ""
     log: Callable[[str], None] | None = None
+    data_cfg: DataConfig | None = None  # the real data's config: the per-channel classifier loads MNIST from it
 
 
 EXTRACTORS: Registry[Callable[[ExtractorRequest], Extractor]] = Registry("extractor")
@@ -291,15 +331,46 @@ def classifier_extractor(req: ExtractorRequest) -> Extractor:
     return ClassifierExtractor(info, req.device)
 
 
+@EXTRACTORS.register("per-channel-classifier")
+def per_channel_extractor(req: ExtractorRequest) -> Extractor:
+    """Stacked MNIST: the MNIST classifier on each channel, trained on first use on the MNIST split the
+    stacks come from (``req.data_cfg``: same root and split); without it, the newest cached MNIST evaluator."""
+    from ganforge.data import load_dataset
+    from ganforge.data.stacked import CHANNEL_DATASET, channel_source
+
+    log = req.log or ev.progress
+    info = None
+    if req.data_cfg is not None:
+        digits = load_dataset(channel_source(req.data_cfg), 1, 28)
+        info = ev.find_evaluator(digits)
+        if info is None and req.train_if_missing:
+            info = ev.ensure_evaluator(digits, req.device, epochs=req.epochs, log=log)
+    if info is None:
+        candidates = ev.find_evaluators_for(CHANNEL_DATASET, 1)
+        if not candidates:
+            raise GanforgeError(
+                f"no {CHANNEL_DATASET} evaluator cached for the per-channel classifier: run "
+                f"`ganforge train-evaluator {CHANNEL_DATASET} --data-root DIR` first"
+            )
+        info = candidates[0]
+        log(f"using evaluator {info.path} (trained on {info.source}) on each channel")
+    return PerChannelClassifier(info, req.device)
+
+
 @EXTRACTORS.register("inception")
 def inception_extractor(req: ExtractorRequest) -> Extractor:
     return InceptionExtractor(req.inception_weights, req.device)
 
 
+# Datasets whose own labels are not what a classifier should be trained on: `auto` uses this extractor.
+AUTO_EXTRACTORS = {"stacked-mnist": "per-channel-classifier"}
+
+
 def build_extractor(name: str, req: ExtractorRequest) -> Extractor:
     """``auto`` (the dataset's classifier), a registry name, or a path to an evaluator file."""
     if name == "auto":
-        name = "classifier"
+        dataset = ev.dataset_base_name(req.real.name) if req.real is not None else ""
+        name = AUTO_EXTRACTORS.get(dataset, "classifier")
     if name.endswith((".safetensors", ".json")):
         return ClassifierExtractor(ev.load_info(name), req.device)
     return EXTRACTORS.get(name)(req)

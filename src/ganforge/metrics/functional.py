@@ -23,8 +23,10 @@ __all__ = [
     "frechet_distance_from_stats",
     "kernel_distance",
     "mmd2_unbiased",
+    "mode_statistics",
     "polynomial_kernel",
     "precision_recall",
+    "predicted_histogram",
 ]
 
 
@@ -247,12 +249,8 @@ def classifier_score(probs: Tensor, splits: int = 1) -> tuple[float, float]:
     return float(t.mean()), float(t.std(unbiased=False)) if len(scores) > 1 else 0.0
 
 
-def class_coverage(probs_or_preds: Tensor, num_classes: int | None = None) -> tuple[float, float]:
-    """Entropy (nats) of the predicted-class histogram, and that entropy divided by log(num_classes).
-
-    Takes probabilities ``[N, K]`` (argmax is the prediction) or predicted class indices ``[N]``.
-    1.0 normalised means every class is produced equally often; 0 means a single class (mode collapse).
-    """
+def predicted_histogram(probs_or_preds: Tensor, num_classes: int | None = None) -> Tensor:
+    """Counts of predicted classes, float64 ``[K]``: argmax of probabilities ``[N, K]``, or indices ``[N]``."""
     t = torch.as_tensor(probs_or_preds)
     if t.ndim == 2:
         num_classes = num_classes or t.shape[1]
@@ -260,12 +258,38 @@ def class_coverage(probs_or_preds: Tensor, num_classes: int | None = None) -> tu
     else:
         preds = t.long()  # [N]
         if num_classes is None:
-            raise ValueError("class_coverage: pass num_classes with predicted indices")
-    counts = torch.bincount(preds.cpu(), minlength=num_classes).double()  # [K]
+            raise ValueError("pass num_classes with predicted indices")
+    return torch.bincount(preds.cpu(), minlength=num_classes).double()  # [K]
+
+
+def class_coverage(probs_or_preds: Tensor, num_classes: int | None = None) -> tuple[float, float]:
+    """Entropy (nats) of the predicted-class histogram, and that entropy divided by log(num_classes).
+
+    Takes probabilities ``[N, K]`` (argmax is the prediction) or predicted class indices ``[N]``.
+    1.0 normalised means every class is produced equally often; 0 means a single class (mode collapse).
+    """
+    counts = predicted_histogram(probs_or_preds, num_classes)  # [K]
+    num_classes = counts.shape[0]
     freq = counts / counts.sum()  # [K]
     entropy = max(0.0, float(-torch.special.xlogy(freq, freq).sum()))  # max: no "-0.0" for one class
     normalised = entropy / math.log(num_classes) if num_classes > 1 else 1.0
     return entropy, normalised
+
+
+def mode_statistics(probs_or_preds: Tensor, num_modes: int | None = None) -> tuple[int, float]:
+    """Modes covered and ``KL(p || uniform)`` (nats) of the predicted-mode histogram ``p``.
+
+    Covered: modes predicted for at least one sample. ``p_k`` = share of the samples predicted as
+    mode k, and ``KL(p || u) = sum_k p_k log(K p_k)`` over the K modes, where empty modes add
+    nothing (0 log 0 = 0); the uniform side has no zeros, so no smoothing is needed. This is the
+    figure VEEGAN and PacGAN report for Stacked MNIST (PacGAN's code: ``sum p log(p / (1/1000))`` over
+    the non-empty modes). 0 for a perfectly balanced histogram, ``log K`` when one mode takes all.
+    It equals ``log K - H(p)``: ``coverage``'s entropy on another scale.
+    """
+    counts = predicted_histogram(probs_or_preds, num_modes)  # [K]
+    freq = counts / counts.sum()  # [K]
+    kl = float(torch.special.xlogy(freq, freq * counts.shape[0]).sum())
+    return int((counts > 0).sum()), max(0.0, kl)  # max: rounding can give -1e-16 for a balanced histogram
 
 
 def conditional_accuracy(probs_or_preds: Tensor, requested: Tensor) -> float:

@@ -312,3 +312,45 @@ def test_guards_import_only_the_stdlib_torch_and_config():
     assert ganforge == {"ganforge.config"}, ganforge
     assert all(m.split(".")[0] in {"ganforge", "torch", "__future__", "math", "collections", "dataclasses", "typing"}
                for m in imported), imported  # fmt: skip
+
+
+def test_a_run_made_to_collapse_rolls_back_to_its_best_weights(tmp_path, monkeypatch):
+    """A real short run with a learning rate far too high: the collapse alarm fires on an evaluation worse
+    than the best, the loop restores best.safetensors byte for byte, lowers both learning rates and goes on;
+    the alarm and the rollback are in metrics.jsonl."""
+    import json
+
+    import torch
+
+    from ganforge.checkpoint import load_tensors
+    from ganforge.cli import main
+    from ganforge.training import loop
+
+    restored = []
+    restore = loop.restore_networks
+
+    def checked_restore(path, cfg, nets):
+        best = {k: v.clone() for k, v in load_tensors(path)[0].items()}
+        restore(path, cfg, nets)
+        for prefix, module in (("generator", nets.generator_core), ("discriminator", nets.discriminator_core)):
+            for key, value in module.state_dict().items():
+                assert torch.equal(value, best[f"{prefix}.{key}"]), key
+        restored.append(path)
+
+    monkeypatch.setattr(loop, "restore_networks", checked_restore)
+    run = tmp_path / "run"
+    args = ["train", "digits-mlp", "--out", str(run), "--epochs", "3", "--batch-size", "32"]
+    args += ["--set", "data.max_images=256", "--set", "train.progress=false", "--set", "eval.every=1"]
+    args += ["--set", "eval.num_samples=200", "--set", "train.on_collapse=rollback"]
+    args += ["--set", "train.collapse_factor=1.05", "--set", "train.collapse_patience=1"]
+    args += ["--set", "train.max_rollbacks=1"]
+    assert main(args) == 0  # a sane start: the best checkpoint is from here
+    # then a learning rate a thousand times too high: the samples collapse, the next evaluation is worse
+    resume = ["train", "--resume", str(run), "--epochs", "5", "--set", "optim.lr_g=0.2", "--set", "optim.lr_d=0.2"]
+    assert main([*resume, "--set", "train.progress=false"]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rollbacks = [r for r in records if r["kind"] == "rollback"]
+    alarms = [r for r in records if r["kind"] == "alarm" and r["action"] == "rollback"]
+    assert len(rollbacks) == 1 and len(alarms) == 1 and len(restored) == 1
+    assert rollbacks[0]["lr_g"] == pytest.approx(0.2 * 0.5)
+    assert json.loads((run / "config.json").read_text())["optim"]["lr_g"] == pytest.approx(0.1)

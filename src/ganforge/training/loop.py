@@ -37,12 +37,14 @@ from ganforge.rundir import RunDir
 from ganforge.tensorboard import TensorBoardObserver
 from ganforge.tensorboard import check_available as check_tensorboard
 from ganforge.training.distributed import DistContext, init_distributed, rank_failure
+from ganforge.training.guards import Alarm, CollapseAlarm, DivergenceGuard
 from ganforge.training.outputs import Evaluator, SampleGrids
 from ganforge.training.setup import build_setup, check_shards, deterministic_kernels
 from ganforge.training.signals import StopFlag
 from ganforge.training.state import (
     TrainState,
     load_training_checkpoint,
+    restore_networks,
     run_dir_of,
     save_training_checkpoint,
     save_weight_exports,
@@ -116,6 +118,9 @@ class Trainer:
         self._last_plot = -math.inf
         self._last_eval_step = -1  # an epoch end does not evaluate again what a step-triggered evaluation just did
         self.stop = StopFlag()
+        self.divergence, self.collapse = DivergenceGuard(cfg.train), CollapseAlarm(cfg.train)
+        self._alarm_stop: str | None = None  # an alarm whose action is stop
+        self._rollback_wanted = False  # an evaluation's collapse alarm asks for best.safetensors back
         self._fresh = resume is None  # a new run directory, which an interrupt before any checkpoint removes
         self.run_dir = RunDir(out) if out is not None else RunDir(run_dir_of(resume))
         if resume is not None:
@@ -169,9 +174,12 @@ class Trainer:
             observer.on_grid(path, self.state.step)
 
     def _resume(self, checkpoint: Path, overrides: list[str]) -> None:
-        self.state, self.acc_epoch, _ = load_training_checkpoint(
+        self.state, self.acc_epoch, meta = load_training_checkpoint(
             checkpoint, self.cfg, self.nets, self.noise, self.log, augment=self.step.augment
         )
+        if "guards" in meta:  # the alarms' streaks and rollback count go on where they were
+            self.divergence.load_state_dict(meta["guards"]["divergence"])
+            self.collapse.load_state_dict(meta["guards"]["collapse"])
         self.step.step_count = self.state.step
         if not self.ctx.is_main:
             return
@@ -249,6 +257,8 @@ class Trainer:
             return f"reached --max-steps {tcfg.max_steps}"
         if tcfg.max_time and state.elapsed >= tcfg.max_time * 60:
             return f"reached --max-time {tcfg.max_time:g} min"
+        if self._alarm_stop is not None:
+            return self._alarm_stop
         if self.stop.signum is not None:
             return f"stopped by {signal.Signals(self.stop.signum).name}"
         return None
@@ -272,6 +282,9 @@ class Trainer:
         self._check_finite(record)
         if self.ctx.is_main:
             self._append(record)
+        # window records are the ranks' mean: every rank's guards see the same numbers and decide alike
+        for alarm in (self.divergence.observe(record), self.collapse.observe(record, self.run_dir.best.exists())):
+            self._on_alarm(alarm)
         window.zero_()
         return f"d {_fmt(record['d_loss'])} g {_fmt(record['g_loss'])} D(x) {_fmt(record['d_real'])}"
 
@@ -334,6 +347,8 @@ class Trainer:
                 self.run_dir.prune_epoch_checkpoints(tcfg.keep_checkpoints)
             if improved:
                 self._save_checkpoint(self.run_dir.best)
+        if evaluate:
+            self._rollback_if_wanted()
         self.ctx.barrier()
 
     def _evaluate_mid_epoch(self, per_epoch: int) -> None:
@@ -342,6 +357,7 @@ class Trainer:
             self.acc_epoch = StepStats(self.ctx.mean(self.acc_epoch.totals))
         if self._evaluate(per_epoch):
             self._save_checkpoint(self.run_dir.best)
+        self._rollback_if_wanted()
         self.ctx.barrier()
 
     def _evaluate(self, per_epoch: int) -> bool:
@@ -351,10 +367,42 @@ class Trainer:
             return False
         record, results, improved = self.evaluator(self._sampling_generator(), self.state, per_epoch)
         self._append(record)
+        self._on_alarm(self.collapse.observe(record, rollback_possible=self.run_dir.best.exists()))
         self.log(
             "  " + "  ".join(f"{k} {_fmt(v)}" for k, v in results.items()) + ("  (best so far)" if improved else "")
         )
         return improved
+
+    def _on_alarm(self, alarm: Alarm | None) -> None:
+        """Say it (console, metrics.jsonl) and do what the alarm's action asks."""
+        if alarm is None:
+            return
+        if self.ctx.is_main:
+            self._append(alarm.record())
+            self.log(f"warning: {alarm.message}")
+        if alarm.action == "stop":
+            self._alarm_stop = f"stopped by the {alarm.guard} alarm ({', '.join(alarm.triggers)})"
+        elif alarm.action == "rollback":
+            self._rollback_wanted = True
+
+    def _rollback_if_wanted(self) -> None:
+        """Restart from best.safetensors (weights and both optimisers) with the learning rates lowered; every
+        rank calls this after an evaluation (which ran on rank 0 alone)."""
+        if not self.ctx.any_flag(self._rollback_wanted):
+            return
+        self._rollback_wanted = False
+        optim = self.cfg.optim
+        optim.lr_g, optim.lr_d = (
+            optim.lr_g * self.cfg.train.rollback_lr_factor,
+            optim.lr_d * self.cfg.train.rollback_lr_factor,
+        )
+        restore_networks(self.run_dir.best, self.cfg, self.nets)
+        self.collapse.rolled_back()
+        if self.ctx.is_main:
+            self._append({"kind": "rollback", "step": self.state.step, "from": str(self.run_dir.best),
+                          "lr_g": optim.lr_g, "lr_d": optim.lr_d})  # fmt: skip
+            self.run_dir.write_config(to_json(self.cfg) + "\n")  # resumes keep the lowered rates
+            self.log(f"rolled back to {self.run_dir.best} with lr_g {optim.lr_g:.3g}, lr_d {optim.lr_d:.3g}")
 
     def _check_weights_finite(self) -> None:
         tensors = [t for m in (self.nets.generator_core, self.nets.discriminator_core) for t in m.state_dict().values()]
@@ -378,6 +426,9 @@ class Trainer:
                     self.acc_epoch,
                     self.state,
                     self.ctx.world_size,
+                    extra={
+                        "guards": {"divergence": self.divergence.state_dict(), "collapse": self.collapse.state_dict()}
+                    },
                     augment=self.step.augment,
                 )
             self.stop.saved()  # a second Ctrl-C waiting for this save stops here

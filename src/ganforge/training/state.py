@@ -148,6 +148,21 @@ def load_training_checkpoint(
     return state, StepStats(tensors["acc_epoch"].to(device)), meta
 
 
+def restore_networks(path: Path, cfg: RunConfig, nets: Networks) -> None:
+    """G, D, EMA and both optimisers' states from a training checkpoint, with ``cfg``'s learning rates; the
+    step counters and random streams go on (a rollback, not a resume)."""
+    tensors, meta, _ = load_tensors(path)
+    load_module("generator", nets.generator_core, tensors, path)
+    load_module("discriminator", nets.discriminator_core, tensors, path)
+    if nets.ema is not None and any(k.startswith("ema.") for k in tensors):
+        load_module("ema", nets.ema, tensors, path)
+    nets.opt_g.load_state_dict(unflatten_state(meta["optimizers"]["g"], tensors))
+    nets.opt_d.load_state_dict(unflatten_state(meta["optimizers"]["d"], tensors))
+    for opt, lr in ((nets.opt_g, cfg.optim.lr_g), (nets.opt_d, cfg.optim.lr_d)):
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+
 def _host_rng_states() -> dict[str, Any]:
     py_state = random.getstate()
     np_state = np.random.get_state()

@@ -34,6 +34,10 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "digits-mlp": ("digits-mlp", []),
     "mnist-quick": ("mnist-quick", ["train.precision=bf16"]),
     "digits-quick": ("digits-quick", ["train.precision=bf16"]),
+    "stacked-mnist-dcgan": ("stacked-mnist-dcgan", []),
+    "anime-modern": ("anime-modern", []),
+    "anime-modern-hair": ("anime-modern-hair", ["data.labels=auto", "model.num_classes=10"]),
+    "folder-modern": ("folder-modern", []),
     # cases beyond the recipes' own settings
     "mnist-mlp/fresh-noise": ("mnist-mlp", ["train.g_update=fresh-noise"]),
     "mnist-mlp/d_every=2": ("mnist-mlp", ["train.d_every=2"]),

@@ -4,7 +4,10 @@ For every (arch, resolution, width) case: parameters of G and D; forward MFLOPs 
 MFLOPs per image of one plain training step (D step on a real and a detached fake batch, then a G step on
 the same fake batch; BCE, Adam), counted by ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and
 matmuls, forward and backward); and images/s of that step at ``--batch``, best of ``--repeats`` timings
-of ``--steps`` steps after a warm-up step, fp32, on the CPU with the threads torch picks.
+of ``--steps`` steps after a warm-up step, fp32, on the CPU with the threads torch picks, both per
+wall-clock second and per CPU second of this process (``time.process_time``, all threads): on a machine
+shared with other jobs the wall-clock figure measures the neighbours, the CPU-second one much less so
+(an idle 2-core machine does at most about 2x the CPU-second figure per wall second).
 
 ``--grouped`` also times one dense 3x3 conv against grouped 3x3 convs of equal FLOPs (the core of
 R3GAN's inverted-bottleneck blocks), forward + backward, to show what grouping costs per FLOP here.
@@ -35,7 +38,7 @@ CASES: list[tuple[str, dict]] = [
     *[
         (f"resnet {r}px w={w}", dict(arch="resnet", resolution=r, channels=3, g_width=w, d_width=w))
         for r in (64, 96)
-        for w in (8, 16, 32)
+        for w in (8, 12, 16, 32)
     ],
 ]
 
@@ -87,16 +90,17 @@ def measure(label: str, fields: dict, batch: int, steps: int, repeats: int) -> N
         step()
     step_mflops = counter.get_total_flops() / 1e6 / batch
     step()  # warm-up outside the counter (oneDNN builds its kernels on first use)
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for _ in range(steps):
             step()
-        times.append(time.perf_counter() - start)
-    images_per_s = steps * batch / min(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    images = steps * batch
     print(
         f"{label:26s} {n_params(generator) / 1e6:6.2f}M {n_params(discriminator) / 1e6:6.2f}M "
-        f"{g_fwd:8.0f} {d_fwd:8.0f} {step_mflops:9.0f} {images_per_s:8.1f}"
+        f"{g_fwd:8.0f} {d_fwd:8.0f} {step_mflops:9.0f} {images / min(wall):8.1f} {images / min(cpu):9.1f}"
     )
 
 
@@ -137,7 +141,10 @@ def main() -> None:
     parser.add_argument("--grouped", action="store_true", help="also time dense against grouped convs")
     args = parser.parse_args()
     print(f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
-    print(f"{'case':26s} {'G':>7s} {'D':>7s} {'G MFLOP':>8s} {'D MFLOP':>8s} {'step MFLOP':>9s} {'img/s':>8s}")
+    print(
+        f"{'case':26s} {'G':>7s} {'D':>7s} {'G MFLOP':>8s} {'D MFLOP':>8s} {'step MFLOP':>9s} {'img/s':>8s} "
+        f"{'img/CPU-s':>9s}"
+    )
     for label, fields in CASES:
         if args.only in label:
             measure(label, fields, args.batch, args.steps, args.repeats)

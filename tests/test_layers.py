@@ -26,6 +26,7 @@ LAYERS = {
     "data": 2,
     "models": 2,
     "losses": 2,
+    "augment": 2,
     "plots": 2,
     "objectives": 3,
     "sampling": 4,

@@ -19,10 +19,12 @@ the B apply-decisions, then the op's parameters), so a checkpointed generator st
 exact stream. With ``p <= 0`` nothing is drawn and ``x`` is returned as it is.
 
 Hand-written, not kornia, by measurement and by fit. Forward + backward of color,translation,cutout
-on a 64x3x96x96 batch (``benchmarks/augment_cost.py``; AMD EPYC, 2 cores shared, nice 10, best of 5):
-this module 21 ms; kornia 0.9 (ColorJiggle + RandomAffine translate + RandomErasing) 118 ms. And
-kornia draws from torch's global RNG (no generator argument, so no exact resume without saving and
-restoring the global state around every call), clamps colours to [0, 1] (zero gradient outside it,
+on a 64x3x96x96 batch (``benchmarks/augment_cost.py``, best of 7; AMD EPYC, 2 cores shared with other
+jobs at a load of 1-7, nice 10, torch 2.14, two runs): this module 162 and 175 ms, kornia 0.9
+(ColorJiggle + RandomAffine translate + RandomErasing) 505 and 1000 ms, so about 3x slower. (For scale:
+one forward + backward of anime-dcgan's D on the same batch is about 40 GFLOP, seconds on this CPU.)
+And kornia draws from torch's global RNG (no generator argument, so no exact resume without saving
+and restoring the global state around every call), clamps colours to [0, 1] (zero gradient outside it,
 where our [-1, 1] images live) and translates by bilinear resampling rather than by whole pixels.
 
 ``AdaptiveAugment`` is ADA's controller: fed D's logits on the reals it keeps r_t = E[sign(D(x_real))]

@@ -19,15 +19,38 @@ upsampling and with average pooling, so this is the same function at a quarter o
 Biases only where no BatchNorm follows; PyTorch's default init (``model.init=dcgan`` also works).
 
 Why this and not R3GAN's minimal convnet. R3GAN's blocks are inverted bottlenecks around a grouped 3x3
-conv with fix-up init, tuned on GPUs. On the CPU this toolkit must also serve, grouped and depthwise
-convs run far below dense ones per FLOP (measured with ``benchmarks/model_cost.py --grouped``, see
-below), so at an equal time budget the dense two-conv residual block gets more capacity; it is also
-the block whose behaviour with hinge + spectral norm and with R1 is best documented (SNGAN, BigGAN,
-the projection discriminator).
+conv, with fix-up init, tuned on GPUs. On this CPU a grouped 3x3 conv runs at about half a dense one's
+FLOP/s and a depthwise one at a few percent (``benchmarks/model_cost.py --grouped``, equal FLOPs, 32
+images at 24x24: dense 64->64 11.6 GFLOP/s, 16 groups of 16 5.8, depthwise 0.4; a second, busier run
+21.4 / 19.6 / 1.1). So at an equal time budget the dense two-conv block gets more capacity. It is also
+the block whose behaviour with hinge + spectral norm and with R1 is best documented (SNGAN, BigGAN, the
+projection discriminator). This is a choice by cost per CPU second, not by trained quality: that
+comparison is a training benchmark this module does not run.
 
-Cost (``benchmarks/model_cost.py``; FlopCounterMode, one D step + one G step at batch 32, BCE, same-fake;
-images/s on an AMD EPYC 2-core VM shared with other jobs, nice 10, fp32, best of 3 -- noisy):
-MEASURED_TABLE
+Cost per image (``benchmarks/model_cost.py``). FLOPs are exact (FlopCounterMode, convs and matmuls):
+forward of G and of D, and one training step per image (D step on reals and detached fakes, G step on
+the same fakes; BCE, Adam, batch 32). img/CPU-s: images per CPU second of the benchmark process, fp32, 2
+threads, on an AMD EPYC 2-core VM shared with other jobs (load 5-9): wall-clock figures there measure
+the neighbours, and even these vary up to 2x between runs (ranges are two runs).
+
+    case                      G params  D params  G fwd MFLOP  D fwd MFLOP  step MFLOP  img/CPU-s
+    dcgan28 (mnist-quick)      0.60M     0.07M        14            3            72      75
+    cdcgan 64px (mnist-cgan)   3.66M     2.77M       205          224          2587      7.7
+    dcgan96 (anime-dcgan)      3.58M     2.77M       213          211          2518      8.3-8.8
+    resnet 64px w=8            0.22M     0.08M        55           28           412      9.9
+    resnet 64px w=12           0.41M     0.17M       122           62           913      7.7
+    resnet 64px w=16           0.66M     0.30M       215          108          1611      5.0-9.1
+    resnet 64px w=32           2.22M     1.22M       851          426          6368      3.9
+    resnet 96px w=8            0.35M     0.08M       123           63           927      9.8
+    resnet 96px w=12           0.60M     0.17M       273          139          2054      4.6-5.8
+    resnet 96px w=16           0.92M     0.30M       483          244          3624      4.5
+    resnet 96px w=32           2.74M     1.22M      1915          958         14329      (not timed)
+
+Narrow nets do not get faster in proportion to their FLOPs: 3x3 convs with 8-16 channels at full
+resolution reach a fraction of the FLOP/s of the DCGANs' wide low-resolution layers (75% of a w=12
+96 px step is convolution, profiled). Suggested widths for a 2-core CPU: w=16 at 64 px (0.64x
+anime-dcgan's FLOPs, about its speed) and w=12 at 96 px (0.82x its FLOPs, about 0.6x its speed),
+with w=32 or more where a GPU is available.
 """
 
 from __future__ import annotations

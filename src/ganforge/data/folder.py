@@ -57,12 +57,16 @@ class FolderScan:
         return path.relative_to(self.root).as_posix()
 
 
+# PIL's note on palette transparency (convert_image composites it): filtered once here, not with
+# warnings.catch_warnings around each decode, which is not thread-safe and, from the decoding threads,
+# could leave "ignore UserWarning" installed for the whole process (ganforge's own warnings included)
+warnings.filterwarnings("ignore", message="Palette images with Transparency", category=UserWarning)
+
+
 def decode_image(path: Path, channels: int, resolution: int) -> np.ndarray:
     """One file -> uint8 [C, R, R]: EXIF orientation, to 8-bit L/RGB (``convert_image``), Resize + CenterCrop."""
     with Image.open(path) as source:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # PIL's notes on palette transparency: handled below
-            img = convert_image(ImageOps.exif_transpose(source), pil_mode(channels), source)
+        img = convert_image(ImageOps.exif_transpose(source), pil_mode(channels), source)
         return pil_to_chw(resize_crop(img, resolution))  # uint8 [C, R, R]
 
 

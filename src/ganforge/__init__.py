@@ -29,6 +29,7 @@ _PUBLIC = {
     "CheckpointError": ("ganforge.errors", "CheckpointError"),
     "ConfigError": ("ganforge.errors", "ConfigError"),
     "ExportError": ("ganforge.errors", "ExportError"),
+    "load_reference_state_dict": ("ganforge.export.reference", "load_reference_state_dict"),
 }
 __all__ = ["__version__", *_PUBLIC]
 

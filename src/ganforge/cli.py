@@ -21,6 +21,7 @@ EXAMPLES = {
           ganforge train mnist-mlp --data-root ../shared/data/mnist --split test --epochs 5
           ganforge generate runs/mnist-mlp-*/ --num 64 --out samples.png
           ganforge evaluate runs/mnist-mlp-*/ --json scores.json
+          ganforge export runs/mnist-mlp-*/ --format onnx --out generator.onnx
         """,
     "train": """\
         examples:
@@ -129,12 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.set_defaults(func=cmd_generate)
 
+    from ganforge.export.commands import add_commands as add_export_commands
     from ganforge.metrics.commands import add_commands
 
     add_commands(sub)
     from ganforge.report.commands import add_commands as add_report_commands
 
     add_report_commands(sub)
+    add_export_commands(sub)
     return parser
 
 

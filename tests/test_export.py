@@ -361,27 +361,17 @@ def test_onnx_without_its_extra_is_a_one_line_error(trained_runs, tmp_path, caps
 
 
 @pytest.mark.parametrize(
-    "args,fragments",
+    "recipe,source,out_name,args,fragments",
     [
-        (["--format", "reference", "--raw"], ["--raw applies to onnx and torchscript"]),
-        (["--format", "reference", "--recipe-run", "mnist-quick"], ["no original script", "dcgan28"]),
-        (["--which", "d", "--source", "generator.safetensors"], ["no discriminator"]),
-        (["--out-name", "g.bin"], ["--format"]),
+        ("mnist-mlp", "", "g.pth", ["--format", "reference", "--raw"], ["--raw applies to onnx and torchscript"]),
+        ("mnist-quick", "", "g.pth", ["--format", "reference"], ["no original script", "dcgan28"]),
+        ("mnist-mlp", "generator.safetensors", "d.onnx", ["--which", "d"], ["no discriminator"]),
+        ("mnist-mlp", "", "g.bin", [], ["--format"]),
     ],
 )
-def test_bad_export_requests(trained_runs, tmp_path, capsys, args, fragments):
-    run = trained_runs["mnist-mlp"]
-    out = tmp_path / "g.pth"
-    if "--recipe-run" in args:
-        run = trained_runs[args.pop(args.index("--recipe-run") + 1)]
-        args.remove("--recipe-run")
-    if "--source" in args:
-        run = run / args.pop(args.index("--source") + 1)
-        args.remove("--source")
-    if "--out-name" in args:
-        out = tmp_path / args.pop(args.index("--out-name") + 1)
-        args.remove("--out-name")
-    assert_one_line_error(capsys, ["export", run, "--out", out, *args], *fragments)
+def test_bad_export_requests(trained_runs, tmp_path, capsys, recipe, source, out_name, args, fragments):
+    out = tmp_path / out_name
+    assert_one_line_error(capsys, ["export", trained_runs[recipe] / source, "--out", out, *args], *fragments)
     assert not out.exists()
 
 

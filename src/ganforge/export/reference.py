@@ -15,7 +15,8 @@ Layer by layer, per architecture (G, D):
       ``head.i`` -> ``i+7`` (Flatten is layer 6).
   cdcgan (mnist-cgan): ``net.i`` -> ``main.i`` in both (``CondG`` / ``CondD``).
   dcgan96 (anime-dcgan): ``net.i`` -> ``i`` in both.
-The originals end D in a Sigmoid (no weights): their output is the sigmoid of ganforge's logit.
+The originals end D in a Sigmoid (no weights): their output is the sigmoid of ganforge's logit, or
+ganforge's D output itself where the recipe keeps that sigmoid in D (mnist-mlp-bn, model.d_output_sigmoid).
 """
 
 from __future__ import annotations

@@ -48,6 +48,8 @@ TINY = {
     "cdcgan": ModelConfig(arch="cdcgan", latent_dim=8, resolution=64, g_width=4, d_width=4, init="dcgan"),
     "dcgan96": ModelConfig(arch="dcgan96", latent_dim=8, channels=3, resolution=96, g_width=4, d_width=4, init="dcgan"),
     "dcgan28": ModelConfig(arch="dcgan28", latent_dim=8, g_width=4, d_width=4),
+    # with spectral norm on D: its parametrized weights must export too
+    "resnet": ModelConfig(arch="resnet", latent_dim=8, resolution=32, g_width=2, d_width=2, spectral_norm=True),
 }
 # per-channel normalisations that are not [-1, 1], so the in-graph conversion to pixels is really tested
 NORMALISATION = {1: ([0.1307], [0.3081]), 3: ([0.4, 0.5, 0.6], [0.2, 0.25, 0.3])}
@@ -55,7 +57,7 @@ NORMALISATION = {1: ([0.1307], [0.3081]), 3: ([0.4, 0.5, 0.6], [0.2, 0.25, 0.3])
 
 def _variants() -> list[tuple[str, int]]:
     variants = []
-    for arch in MODELS.names():
+    for arch in sorted(set(MODELS.names()) & set(TINY)):  # an arch missing from TINY fails the test below
         for num_classes in (0, 3):
             try:
                 build_models(_tiny_config(arch, num_classes).model)
@@ -663,3 +665,20 @@ def test_onnx_example_writes_a_grid_without_torch(trained_runs, tmp_path, capsys
         [grid[2 + 30 * (i // 10) : 30 + 30 * (i // 10), 2 + 30 * (i % 10) : 30 + 30 * (i % 10)] for i in range(100)]
     )
     assert_uint8_matches(generator.to_uint8(raw)[:, 0], tiles, ((raw * 0.5 + 0.5) * 255)[:, 0], 1e-4 * 0.5 * 255)
+
+
+def test_a_spectral_norm_discriminator_exports_its_effective_weights():
+    cfg = get_recipe("mnist-cgan").model
+    cfg.spectral_norm = True
+    _, discriminator = build_models(cfg)
+    x, labels = _image_batch("mnist-cgan", 4), torch.arange(4)
+    with torch.no_grad():
+        discriminator.train()(x, labels)  # a power iteration: u and v move from their initial values
+    discriminator.eval()
+    state = reference_state_dict(discriminator, "mnist-cgan", "d")
+    assert not any("parametrizations" in key for key in state)
+    original = original_network("mnist-cgan", "d")
+    original.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        expected = torch.sigmoid(discriminator(x, labels))  # the parametrized network itself still runs
+        torch.testing.assert_close(call_original("mnist-cgan", original.eval(), x, labels), expected, rtol=0, atol=1e-6)

@@ -10,6 +10,7 @@ the reverse for D: uint8 images (or, raw, normalised floats) -> logits [B].
 
 from __future__ import annotations
 
+import copy
 import re
 import warnings
 from collections.abc import Iterator, Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 import ganforge.models.base
 from ganforge.data.core import channel_stats
@@ -28,12 +30,35 @@ from ganforge.errors import ExportError
 _INTERFACE_CHECKS = Path(ganforge.models.base.__file__).resolve()
 
 
+def without_parametrizations(module: nn.Module) -> nn.Module:
+    """``module``, or an eval-mode copy of it whose parametrized weights (spectral norm) are plain tensors.
+
+    In eval mode spectral norm divides each weight by sigma from its stored power-iteration vectors, the
+    same value at every forward; baking it in gives the same outputs and a graph without the parametrization
+    (whose ``aten::vdot`` has no ONNX form), and the plain ``weight`` keys an original script expects.
+    """
+    if not any(parametrize.is_parametrized(m) for m in module.modules()):
+        return module
+    plain = copy.deepcopy(module).eval()
+    with torch.no_grad():
+        for layer in list(plain.modules()):
+            if parametrize.is_parametrized(layer):
+                values = {name: getattr(layer, name).detach().clone() for name in layer.parametrizations}
+                # not parametrize.remove_parametrizations: it edits the Parametrized* class, which the copy
+                # shares with the original module; this changes the copy alone
+                layer.__class__ = layer.__class__.__bases__[0]
+                del layer._modules["parametrizations"]
+                for name, value in values.items():
+                    layer.register_parameter(name, nn.Parameter(value, requires_grad=False))
+    return plain
+
+
 class GeneratorGraph(nn.Module):
     """z [B, latent_dim] (+ labels [B] int64) -> uint8 images [B, C, H, W]; ``raw``: G's float output."""
 
     def __init__(self, generator: nn.Module, mean: Sequence[float], std: Sequence[float], raw: bool) -> None:
         super().__init__()
-        self.generator = generator
+        self.generator = without_parametrizations(generator)
         self.raw = raw
         channels = generator.channels
         self.register_buffer("mean", channel_stats(mean, channels, "mean").view(1, -1, 1, 1).float())  # [1, C, 1, 1]
@@ -52,7 +77,7 @@ class DiscriminatorGraph(nn.Module):
 
     def __init__(self, discriminator: nn.Module, mean: Sequence[float], std: Sequence[float], raw: bool) -> None:
         super().__init__()
-        self.discriminator = discriminator
+        self.discriminator = without_parametrizations(discriminator)
         self.raw = raw
         channels = discriminator.channels
         self.register_buffer("mean", channel_stats(mean, channels, "mean").view(1, -1, 1, 1).float())  # [1, C, 1, 1]

@@ -99,7 +99,11 @@ def key_map(module: nn.Module, recipe_or_arch: str, which: str) -> dict[str, str
 
 
 def reference_state_dict(module: nn.Module, recipe_or_arch: str, which: str) -> OrderedDict[str, torch.Tensor]:
-    """``module``'s state dict under the original script's key names (CPU tensors, detached copies)."""
+    """``module``'s state dict under the original script's key names (CPU tensors, detached copies); a
+    spectral-normalised D gives its effective (normalised) weights, as plain ``weight`` tensors."""
+    from ganforge.export.core import without_parametrizations
+
+    module = without_parametrizations(module)
     mapping = key_map(module, recipe_or_arch, which)
     state = module.state_dict()
     return OrderedDict((mapping[key], tensor.detach().cpu().clone()) for key, tensor in state.items())

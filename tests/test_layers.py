@@ -33,6 +33,7 @@ LAYERS = {
     "metrics": 4,
     "report": 5,
     "tensorboard": 5,
+    "export": 5,
     "training": 6,
     "cli": 7,
     "__main__": 7,

@@ -21,6 +21,7 @@ EXAMPLES = {
           ganforge train mnist-mlp --data-root ../shared/data/mnist --split test --epochs 5
           ganforge generate runs/mnist-mlp-*/ --num 64 --out samples.png
           ganforge evaluate runs/mnist-mlp-*/ --json scores.json
+          ganforge export runs/mnist-mlp-*/ --format onnx --out generator.onnx
         """,
     "train": """\
         examples:
@@ -121,14 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch-size", type=POSITIVE, default=256, help="images per generator forward")
     gen.add_argument("--device", default="cpu")
     gen.add_argument("--no-ema", action="store_true", help="use the raw generator even if an EMA was kept")
+    gen.add_argument(
+        "--truncation",
+        type=real(0.0, strict=True),
+        metavar="T",
+        help="truncated noise: redraw every latent value with |z| > T (fewer odd samples, less variety)",
+    )
     gen.set_defaults(func=cmd_generate)
 
+    from ganforge.export.commands import add_commands as add_export_commands
     from ganforge.metrics.commands import add_commands
 
     add_commands(sub)
     from ganforge.report.commands import add_commands as add_report_commands
 
     add_report_commands(sub)
+    add_export_commands(sub)
     return parser
 
 
@@ -193,18 +202,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import torch
-
     from ganforge.checkpoint import check_output_space
-    from ganforge.data import denormalize
     from ganforge.errors import ConfigError
     from ganforge.sampling import (
-        check_labels,
-        generate_from_noise,
-        generate_images,
         generate_top_k,
         interpolation_noise,
-        load_gan,
+        load_generator,
         per_class_grid_inputs,
         save_gif,
         save_grid,
@@ -212,12 +215,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         save_npz,
     )
 
-    gan = load_gan(args.checkpoint, args.device, use_ema=not args.no_ema)
-    cfg = gan.config
+    generator = load_generator(args.checkpoint, args.device, ema=not args.no_ema)
+    cfg = generator.config
     out = Path(args.out)
     as_dir = args.out.endswith(("/", "\\")) or out.is_dir()
     if not as_dir and out.suffix.lower() not in (".png", ".npz", ".gif"):
         raise ConfigError(f"--out {out}: use FILE.png, FILE.npz, FILE.gif or a directory ending in /")
+    if args.truncation is not None and (args.interpolate is not None or args.per_class):
+        raise ConfigError("--truncation applies to plain and --top-k sampling, not to --interpolate/--per-class")
     num = args.num if args.num is not None else cfg.sample.num
     # --top-k 0 is "off", like sample.top_k=0; the recipe's top-k applies only when --num is not given
     top_k = args.top_k if args.top_k is not None else (cfg.sample.top_k if args.num is None else 0)
@@ -225,37 +230,35 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.interpolate is not None:
         count = 2 * args.interpolate - 1
     elif args.per_class:
-        count = gan.num_classes * per_row
+        count = generator.num_classes * per_row
     else:
         count = top_k or num
-    image_bytes = cfg.model.channels * cfg.model.resolution**2
+    image_bytes = generator.channels * generator.resolution**2
     # before any sampling: the output folder must take about the raw size of the images
     check_output_space(out if as_dir else out.parent, count * image_bytes, "--out folder")
     scores = None
-    labels = None
+    labels = None if args.class_index is None else generator.labels_for(num, args.class_index)
     nrow = args.nrow
-    if args.class_index is not None:
-        labels = torch.full((num,), args.class_index, dtype=torch.int64)
-        check_labels(gan, labels)
     if args.interpolate is not None:
-        z = interpolation_noise(args.interpolate, cfg.model.latent_dim, args.seed, points=3)
-        walk_labels = None
-        if gan.num_classes:
-            walk_labels = torch.full((z.shape[0],), args.class_index or 0, dtype=torch.int64)
-        images = denormalize(generate_from_noise(gan, z, walk_labels, args.batch_size), cfg.data.mean, cfg.data.std)
-        labels = walk_labels
+        z = interpolation_noise(args.interpolate, generator.latent_dim, args.seed, points=3)
+        labels = generator.labels_for(z.shape[0], args.class_index or 0) if generator.conditional else None
+        images = generator.images(z, labels, args.batch_size)
         nrow = nrow or args.interpolate
     elif args.per_class:
-        if gan.num_classes == 0:
+        if not generator.conditional:
             raise ConfigError("--per-class needs a conditional model; this one is unconditional")
-        z, labels = per_class_grid_inputs(gan.num_classes, per_row, cfg.model.latent_dim, args.seed)
-        images = denormalize(generate_from_noise(gan, z, labels, args.batch_size), cfg.data.mean, cfg.data.std)
+        z, labels = per_class_grid_inputs(generator.num_classes, per_row, generator.latent_dim, args.seed)
+        images = generator.images(z, labels, args.batch_size)
         nrow = per_row
     elif top_k > 0:
         candidates = args.candidates or max(cfg.sample.candidates, top_k)
-        images, labels, scores = generate_top_k(gan, top_k, candidates, labels, args.seed, args.batch_size)
+        if labels is not None:  # one label per candidate
+            labels = generator.labels_for(candidates, args.class_index)
+        images, labels, scores = generate_top_k(
+            generator, top_k, candidates, labels, args.seed, args.batch_size, truncation=args.truncation
+        )
     else:
-        images, labels = generate_images(gan, num, labels, args.seed, args.batch_size)
+        images, labels = generator.sample_with_labels(num, labels, args.seed, args.truncation, args.batch_size)
 
     if as_dir:
         paths = save_images(images, out, labels)

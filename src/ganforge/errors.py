@@ -51,3 +51,7 @@ class GanforgeWarning(UserWarning):
 
 class CacheWarning(GanforgeWarning):
     """A cache (decoded datasets, real-set statistics) could not be used; only speed is lost."""
+
+
+class ExportError(GanforgeError):
+    """A model that cannot be exported (naming the layer), or an export extra that is not installed."""

@@ -1,10 +1,18 @@
-"""Loading a trained GAN and drawing images from it: grids, files, top-k, latent walks."""
+"""Loading a trained generator and drawing images from it: the Python API behind ``ganforge generate``.
+
+``load_generator(path)`` returns a ``TrainedGenerator``; ``ganforge generate`` and ``ganforge export``
+are built on it, so the command line and a user's own code draw the same images for the same seed.
+The helpers below it (top-k by the discriminator, per-class grids, latent walks, writers) are the
+rest of what ``generate`` offers.
+"""
 
 from __future__ import annotations
 
+import functools
 import io
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,18 +26,7 @@ from ganforge.data import denormalize
 from ganforge.errors import CheckpointError, ConfigError
 from ganforge.models import build_models
 
-
-@dataclass
-class LoadedGAN:
-    config: RunConfig
-    generator: nn.Module  # eval mode; the EMA weights when the run kept an EMA
-    discriminator: nn.Module | None  # eval mode; None for a generator-only export
-    device: torch.device
-    source: Path
-
-    @property
-    def num_classes(self) -> int:
-        return self.config.model.num_classes
+Labels = int | Sequence[int] | torch.Tensor | np.ndarray
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -48,10 +45,203 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_gan(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedGAN:
-    """Build the networks from the config stored in the checkpoint and load their weights.
+def draw_noise(
+    num: int,
+    latent_dim: int,
+    seed: int,
+    mean: float = 0.0,
+    std: float = 1.0,
+    device: str | torch.device = "cpu",
+    truncation: float | None = None,
+) -> torch.Tensor:
+    """z ~ N(mean, std^2 I), drawn on the CPU so the same seed gives the same noise on every device.
 
-    Tensors are read on the CPU and moved, so a checkpoint made on a GPU samples on a CPU machine.
+    ``truncation=t`` draws from the standard normal truncated to [-t, t] before scaling: every element
+    with |z| > t is redrawn (from the same seeded stream) until it falls inside, so the elements already
+    inside are exactly those of the untruncated draw. Smaller t trades variety for typical samples.
+    """
+    if truncation is not None and not truncation > 0:
+        raise ConfigError(f"truncation={truncation} must be > 0 (or None for no truncation)")
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(num, latent_dim, generator=generator)  # [num, latent_dim]
+    if truncation is not None:
+        outside = z.abs() > truncation
+        while outside.any():
+            z[outside] = torch.randn(int(outside.sum()), generator=generator)
+            outside = z.abs() > truncation
+    return (z * std + mean).to(device)
+
+
+class TrainedGenerator:
+    """A trained generator, in eval mode (BatchNorm uses its running statistics), ready to sample.
+
+    Build it with ``load_generator``. Sizes: ``latent_dim``, ``num_classes`` (0: unconditional),
+    ``channels``, ``resolution``. ``sample`` returns uint8 images [N, C, H, W] (NCHW, 0..255); the
+    network itself is ``network`` (``network(z, labels)`` gives floats in the data's normalisation).
+    Bad arguments raise ``ConfigError``, unreadable files ``CheckpointError`` (both ``GanforgeError``).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        network: nn.Module,
+        source: Path,
+        weights: str = "generator",
+        device: str | torch.device = "cpu",
+        meta: dict[str, Any] | None = None,
+        kind: str = "",
+    ) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.network = network.to(self.device).eval()
+        self.source = Path(source)
+        self.weights = weights  # "ema" (the moving average of G) or "generator" (the raw G)
+        self.meta = meta or {}  # the checkpoint's JSON metadata (counters, versions, ...)
+        self.kind = kind  # "training", "generator", ...: what the source file is
+
+    # --- sizes ----------------------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.config.model.num_classes
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.model.latent_dim
+
+    @property
+    def channels(self) -> int:
+        return self.config.model.channels
+
+    @property
+    def resolution(self) -> int:
+        return self.config.model.resolution
+
+    @property
+    def generator(self) -> nn.Module:
+        return self.network
+
+    @functools.cached_property
+    def discriminator(self) -> nn.Module | None:
+        """The discriminator saved beside G (eval mode), or None for a generator-only export."""
+        tensors, _, _ = load_tensors(self.source)
+        if not any(k.startswith("discriminator.") for k in tensors):
+            return None
+        _, discriminator = build_models(self.config.model)
+        load_module("discriminator", discriminator, tensors, self.source)
+        return discriminator.to(self.device).eval()
+
+    # --- inputs ---------------------------------------------------------------------------------------
+    def noise(self, n: int, seed: int | None = None, truncation: float | None = None) -> torch.Tensor:
+        """The latent codes ``sample`` uses: float32 [n, latent_dim] on the CPU (see ``draw_noise``)."""
+        sample = self.config.sample
+        return draw_noise(n, self.latent_dim, _seed(seed), sample.noise_mean, sample.noise_std, truncation=truncation)
+
+    def labels_for(self, n: int, labels: Labels | None = None, seed: int | None = None) -> torch.Tensor | None:
+        """int64 [n] class labels: ``labels`` checked (an int means that class for all), or, for a conditional
+        model without labels, uniform over the classes from ``seed + 1``; None for an unconditional model."""
+        if labels is None:
+            if not self.conditional:
+                return None
+            return torch.randint(self.num_classes, (n,), generator=torch.Generator().manual_seed(_seed(seed) + 1))
+        if not self.conditional:
+            raise ConfigError("this generator is unconditional: pass no labels (and no --class/--per-class)")
+        labels = torch.as_tensor(labels, dtype=torch.int64)
+        if labels.dim() == 0:  # one class for every image
+            labels = labels.expand(n)
+        labels = labels.reshape(-1).clone()  # [n]
+        if labels.numel() != n:
+            raise ConfigError(f"got {labels.numel()} labels for {n} images; pass one label per image or one int")
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ConfigError(f"class must be in 0..{self.num_classes - 1} for this model")
+        return labels
+
+    # --- images ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 256) -> torch.Tensor:
+        """G's raw output for the given noise: float [N, C, H, W] in the data's normalisation, on the CPU."""
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ConfigError(f"z must be [N, {self.latent_dim}], got {list(z.shape)}")
+        if labels is not None:
+            labels = self.labels_for(z.shape[0], labels)
+        elif self.conditional:
+            raise ConfigError(f"this generator is conditional on {self.num_classes} classes: pass labels")
+        outputs = []
+        for start in range(0, z.shape[0], batch_size):
+            z_batch = z[start : start + batch_size].to(self.device)  # [b, latent_dim]
+            y_batch = None if labels is None else labels[start : start + batch_size].to(self.device)  # [b]
+            outputs.append(self.network(z_batch, y_batch).float().cpu())  # [b, C, H, W]
+        return torch.cat(outputs)
+
+    def to_uint8(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised floats -> uint8 pixels: x * std + mean, times 255, clamped to 0..255 and rounded."""
+        return denormalize(x, self.config.data.mean, self.config.data.std)
+
+    def images(self, z: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 256) -> torch.Tensor:
+        """uint8 [N, C, H, W] images for the given noise (and labels)."""
+        return self.to_uint8(self.decode(z, labels, batch_size))
+
+    def sample_with_labels(
+        self,
+        n: int,
+        labels: Labels | None = None,
+        seed: int | None = None,
+        truncation: float | None = None,
+        batch_size: int = 256,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Like ``sample``, and also the int64 [n] labels used (None for an unconditional model)."""
+        if n <= 0:
+            raise ConfigError(f"n={n}: the number of images must be > 0")
+        seed = _seed(seed)
+        y = self.labels_for(n, labels, seed)
+        return self.images(self.noise(n, seed, truncation), y, batch_size), y
+
+    def sample(
+        self,
+        n: int,
+        labels: Labels | None = None,
+        seed: int | None = None,
+        truncation: float | None = None,
+        batch_size: int = 256,
+    ) -> torch.Tensor:
+        """``n`` images as uint8 [n, C, H, W] (0..255, NCHW), on the CPU.
+
+        ``labels``: one int (that class for every image) or n ints, for a conditional model; without
+        them the classes are drawn uniformly. ``seed`` makes the draw reproducible (the same as
+        ``ganforge generate --seed``); None draws one from torch's global RNG. ``truncation``: see
+        ``draw_noise``.
+        """
+        return self.sample_with_labels(n, labels, seed, truncation, batch_size)[0]
+
+    def to_pil(self, images: torch.Tensor | int, **sample_args: Any) -> list[Image.Image]:
+        """PIL images ("L" or "RGB"): from uint8 [N, C, H, W] images, or ``to_pil(n, seed=...)`` to sample n first."""
+        if isinstance(images, int):
+            images = self.sample(images, **sample_args)
+        return [_pil(image) for image in images]
+
+    def __repr__(self) -> str:
+        return (
+            f"TrainedGenerator({self.config.recipe}, {self.config.model.arch}, latent_dim={self.latent_dim}, "
+            f"num_classes={self.num_classes}, {self.channels}x{self.resolution}x{self.resolution}, "
+            f"weights={self.weights}, source={self.source})"
+        )
+
+
+def _seed(seed: int | None) -> int:
+    """The given seed, or a fresh one from torch's global RNG (so ``torch.manual_seed`` makes it repeatable)."""
+    return int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> TrainedGenerator:
+    """Load a trained generator from a run directory, a training checkpoint or ``generator.safetensors``.
+
+    ``ema=True`` takes the exponential moving average of G when the run kept one (``train.ema_decay``),
+    else the raw G; ``ema=False`` always the raw G. Tensors are read on the CPU and moved to ``device``,
+    so a checkpoint made on a GPU samples on a CPU machine. A missing, damaged or foreign file raises
+    ``CheckpointError`` with a one-line message.
     """
     source = resolve_checkpoint(path)
     tensors, meta, kind = load_tensors(source)
@@ -64,71 +254,39 @@ def load_gan(path: str | Path, device: str | torch.device = "cpu", use_ema: bool
     if "config" not in meta:
         raise CheckpointError(f"{source} carries no config; it was not written by ganforge train")
     cfg = from_dict(meta["config"])
-    generator, discriminator = build_models(cfg.model)
-    prefix = "ema" if use_ema and any(k.startswith("ema.") for k in tensors) else "generator"
+    generator, _ = build_models(cfg.model)
+    prefix = "ema" if ema and any(k.startswith("ema.") for k in tensors) else "generator"
     load_module(prefix, generator, tensors, source)
-    if any(k.startswith("discriminator.") for k in tensors):
-        load_module("discriminator", discriminator, tensors, source)
-    else:
-        discriminator = None
-    device = torch.device(device)
-    generator.to(device).eval()
-    if discriminator is not None:
-        discriminator.to(device).eval()
-    return LoadedGAN(cfg, generator, discriminator, device, source)
+    return TrainedGenerator(cfg, generator, source, prefix, device, meta, kind)
 
 
-def draw_noise(
-    num: int, latent_dim: int, seed: int, mean: float = 0.0, std: float = 1.0, device: str | torch.device = "cpu"
-) -> torch.Tensor:
-    """z ~ N(mean, std^2 I), drawn on the CPU so the same seed gives the same noise on every device."""
-    generator = torch.Generator().manual_seed(seed)
-    z = torch.randn(num, latent_dim, generator=generator) * std + mean  # [num, latent_dim]
-    return z.to(device)
+# --- what `ganforge generate` adds: compatibility names, ranking, grids, walks, writers --------------------
 
 
-@torch.no_grad()
-def generate_from_noise(
-    gan: LoadedGAN, z: torch.Tensor, labels: torch.Tensor | None, batch_size: int = 256
-) -> torch.Tensor:
-    """Normalised float images [N, C, H, W] for the given noise (and labels, if conditional)."""
-    outputs = []
-    for start in range(0, z.shape[0], batch_size):
-        z_batch = z[start : start + batch_size].to(gan.device)
-        y_batch = None if labels is None else labels[start : start + batch_size].to(gan.device)
-        outputs.append(gan.generator(z_batch, y_batch).float().cpu())
-    return torch.cat(outputs)
-
-
-def check_labels(gan: LoadedGAN, labels: torch.Tensor | None) -> None:
-    if gan.num_classes == 0 and labels is not None:
-        raise ConfigError("this generator is unconditional; drop --class/--per-class")
-    if labels is not None and labels.numel() and (labels.min() < 0 or labels.max() >= gan.num_classes):
-        raise ConfigError(f"class must be in 0..{gan.num_classes - 1} for this model")
+def load_gan(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> TrainedGenerator:
+    """``load_generator`` under its older name (the evaluate command uses it)."""
+    return load_generator(path, device, ema=use_ema)
 
 
 def generate_images(
-    gan: LoadedGAN, num: int, labels: torch.Tensor | None = None, seed: int = 0, batch_size: int = 256
+    gan: TrainedGenerator,
+    num: int,
+    labels: torch.Tensor | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    truncation: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``num`` samples as uint8 [num, C, H, W] (0..255) and their int64 labels (conditional) or None.
-
-    A conditional model without given labels gets labels drawn uniformly over the classes.
-    """
-    cfg = gan.config
-    if gan.num_classes > 0 and labels is None:
-        labels = torch.randint(gan.num_classes, (num,), generator=torch.Generator().manual_seed(seed + 1))
-    check_labels(gan, labels)
-    z = draw_noise(num, cfg.model.latent_dim, seed, cfg.sample.noise_mean, cfg.sample.noise_std)
-    images = generate_from_noise(gan, z, labels, batch_size)
-    return denormalize(images, cfg.data.mean, cfg.data.std), labels
+    """``num`` samples as uint8 [num, C, H, W] and their int64 labels (conditional) or None."""
+    return gan.sample_with_labels(num, labels, seed, truncation, batch_size)
 
 
 @torch.no_grad()
 def discriminator_scores(
-    gan: LoadedGAN, images_uint8: torch.Tensor, labels: torch.Tensor | None, batch_size: int = 256
+    gan: TrainedGenerator, images_uint8: torch.Tensor, labels: torch.Tensor | None, batch_size: int = 256
 ) -> torch.Tensor:
     """D's probability that each image is real, float [N] (the ranking of the anime system's generate step)."""
-    if gan.discriminator is None:
+    discriminator = gan.discriminator
+    if discriminator is None:
         raise CheckpointError(
             f"{gan.source} has no discriminator (a generator-only export); pass the run directory or "
             "checkpoints/latest.safetensors to rank by the discriminator"
@@ -140,17 +298,23 @@ def discriminator_scores(
         # score the images exactly as they are saved (after uint8 rounding), normalised as D saw reals
         x = (images_uint8[start : start + batch_size].float() / 255 - mean) / std  # [b, C, H, W]
         y = None if labels is None else labels[start : start + batch_size].to(gan.device)
-        scores.append(torch.sigmoid(gan.discriminator(x.to(gan.device), y).float()).cpu())
+        scores.append(torch.sigmoid(discriminator(x.to(gan.device), y).float()).cpu())
     return torch.cat(scores)
 
 
 def generate_top_k(
-    gan: LoadedGAN, k: int, candidates: int, labels: torch.Tensor | None = None, seed: int = 0, batch_size: int = 256
+    gan: TrainedGenerator,
+    k: int,
+    candidates: int,
+    labels: torch.Tensor | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    truncation: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Draw ``candidates`` samples, keep the ``k`` the discriminator scores highest (best first)."""
     if k > candidates:
         raise ConfigError(f"--top-k {k} is more than --candidates {candidates}; raise --candidates")
-    images, labels = generate_images(gan, candidates, labels, seed, batch_size)
+    images, labels = generate_images(gan, candidates, labels, seed, batch_size, truncation)
     scores = discriminator_scores(gan, images, labels, batch_size)
     order = torch.argsort(scores, descending=True)[:k]
     return images[order], None if labels is None else labels[order], scores[order]

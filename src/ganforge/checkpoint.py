@@ -113,6 +113,20 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], s
     return tensors, meta, header.get("kind", "")
 
 
+def load_meta(path: Path) -> tuple[dict[str, Any], str]:
+    """(meta, kind) of a file written by ``save_tensors``, from its header alone (no tensor is read)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else 0
+            header = json.loads(handle.read(min(length, 100_000_000)))
+        fields = header.get("__metadata__", {}) or {}
+        return json.loads(fields["meta"]), fields.get("kind", "")
+    except (OSError, KeyError, AttributeError, json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{path} has no readable ganforge header; use another checkpoint") from None
+
+
 def _read_header(path: Path, payload: bytes) -> dict[str, str]:
     """Parse the safetensors header (8-byte little-endian length, then JSON) without loading tensors."""
     truncated = CheckpointError(f"{path} is truncated or not a checkpoint file; use another checkpoint")

@@ -124,11 +124,11 @@ def _choose_kernels(
     generator: nn.Module,
     discriminator: nn.Module,
     previous: dict[str, Any],
-    setup: _Kernels,
+    kernels: _Kernels,
 ) -> tuple[nn.Module, nn.Module]:
     """Threads, memory layout, Linear kernels and precision for this machine (fastpath.py, precision.py):
     each kept from ``previous`` unless the environment overrides it, else chosen (rules, then probes)."""
-    tcfg, device, choices = cfg.train, ctx.device, setup.choices
+    tcfg, device, choices = cfg.train, ctx.device, kernels.choices
     choices["device"] = _device_record(device)
     if device.type == "cpu":  # small models train on one thread (fastpath.py: measured faster)
         threads = _kept(previous, "threads", threads_overridden())
@@ -138,13 +138,13 @@ def _choose_kernels(
     layout = _kept(previous, "channels_last", CHANNELS_LAST_ENV in os.environ and not tcfg.channels_last)
     layout = layout or choose_channels_last(tcfg.channels_last, device, generator, discriminator)
     choices["channels_last"] = layout
-    setup.channels_last = bool(layout.value)
-    memory_format = torch.channels_last if setup.channels_last else torch.contiguous_format
+    kernels.channels_last = bool(layout.value)
+    memory_format = torch.channels_last if kernels.channels_last else torch.contiguous_format
     generator = generator.to(device, memory_format=memory_format)
     discriminator = discriminator.to(device, memory_format=memory_format)
 
     def optimizers(g: nn.Module, d: nn.Module) -> tuple[torch.optim.Adam, torch.optim.Adam]:
-        return _optimizers(cfg, device, g, d, setup.channels_last)
+        return _optimizers(cfg, device, g, d, kernels.channels_last)
 
     def measure(variants: dict[str, Variant]) -> tuple[float, float]:
         """Step seconds of the two variants, probed on copies of the networks as they now stand."""
@@ -158,10 +158,10 @@ def _choose_kernels(
         choices["linear"] = linear
         if linear.value == "onednn":
             use_onednn_linear(generator, discriminator)  # fastpath.py: MKL is slow on some CPUs
-        setup.thread_tuner = _thread_tuner(tcfg.batch_size, generator, discriminator, threads.value)
-        if setup.thread_tuner is not None:
-            choices["thread_tuner"] = Choice(list(setup.thread_tuner.counts), "same numbers at any count: tuned live")
-    _choose_precision(cfg, device, previous, measure, setup)
+        kernels.thread_tuner = _thread_tuner(tcfg.batch_size, generator, discriminator, threads.value)
+        if kernels.thread_tuner is not None:
+            choices["thread_tuner"] = Choice(list(kernels.thread_tuner.counts), "same numbers at any count: tuned live")
+    _choose_precision(cfg, device, previous, measure, kernels)
     return generator, discriminator
 
 
@@ -191,7 +191,7 @@ def _thread_tuner(batch: int, generator: nn.Module, discriminator: nn.Module, th
     return None
 
 
-def _choose_precision(cfg: RunConfig, device: torch.device, previous, measure, setup: _Kernels) -> None:
+def _choose_precision(cfg: RunConfig, device: torch.device, previous, measure, kernels: _Kernels) -> None:
     """Resolve ``train.precision`` in place (precision.py); a resumed run keeps its checkpoint's record."""
     tcfg = cfg.train
     native = bf16_native(device)
@@ -206,13 +206,13 @@ def _choose_precision(cfg: RunConfig, device: torch.device, previous, measure, s
         )
         choice, tf32, warning = plan.choice, plan.tf32, plan.warning
     tcfg.precision = choice.value
-    setup.choices["precision"] = choice
+    kernels.choices["precision"] = choice
     if device.type == "cuda":
-        setup.choices["tf32"] = Choice(tf32, "fp32 matmuls on TF32 tensor cores" if tf32 else "off")
+        kernels.choices["tf32"] = Choice(tf32, "fp32 matmuls on TF32 tensor cores" if tf32 else "off")
         if tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
     if warning:
-        setup.warnings.append(warning)
+        kernels.warnings.append(warning)
 
 
 def _device_record(device: torch.device) -> dict[str, Any]:

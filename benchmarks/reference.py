@@ -434,3 +434,31 @@ def build_reference(name: str, root: str, split: str, device: torch.device, work
     if workers is None:
         workers = WORKERS.get(name, 0)
     return BUILDERS[name](root, split, device, workers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One reference training as a whole process, as a user runs the original script: import, build the data
+    pipeline and networks, train ``--steps`` batches (cycling epochs). The originals' own outputs (loss prints,
+    per-epoch grids) are left out, so this is the reference's lower bound."""
+    import argparse
+    import json
+    import time
+
+    parser = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
+    parser.add_argument("recipe", choices=sorted(BUILDERS))
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    ref = build_reference(args.recipe, args.data_root, args.split, torch.device(args.device))
+    ref.run(args.steps, ref.batches())
+    seconds = time.perf_counter() - start
+    print(json.dumps({"recipe": args.recipe, "steps": args.steps, "batch_size": ref.batch_size, "train_s": seconds}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -17,9 +17,22 @@ Both sides time only training steps after a warm-up, with no epoch boundary insi
 metrics.jsonl windows (``log_every`` = the warm-up length), so it includes its loader, logging and
 host reads exactly as a real run does.
 
+End-to-end mode (``--end-to-end``): the whole process instead, as a user runs it: ``python -m ganforge
+train RECIPE --max-steps N`` (start-up, data, setup and its probes, every epoch's grid, plot and checkpoint,
+the final exports) against ``python benchmarks/reference.py RECIPE --steps N`` (the same reference loop as a
+process of its own), wall-clock seconds of each, interleaved and repeated. One untimed ganforge run first
+fills the dataset cache, as any earlier run on the machine would have.
+
+CPU classes (``--emulate avx2``): ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+MKL_ENABLE_INSTRUCTIONS=AVX2`` for every process, both sides, which makes an AVX-512 (and BF16) machine
+compute like an AVX2 one. The first line names the CPU (lscpu's model name), ATen's capability and whether
+bf16 is native, as the processes see them.
+
 Example (what docs/performance.md reports):
   python benchmarks/throughput.py --mnist-root ../shared/data/mnist --anime-root ../shared/data/anime-faces
   python benchmarks/throughput.py --recipes mnist-mlp --steps 200 --repeats 5
+  python benchmarks/throughput.py --end-to-end --recipes mnist-mlp --steps 3000 --precisions auto
+  python benchmarks/throughput.py --emulate avx2 --recipes mnist-conv --precisions fp32,auto
 """
 
 from __future__ import annotations
@@ -51,6 +64,17 @@ STEPS = {
     "digits-quick": (60, 10),
 }
 GPU_STEPS_FACTOR = 10  # on a GPU the same budget runs ten times as many steps
+# end-to-end: steps of a whole `ganforge train` process (mnist-mlp: 3,000 = 19 epochs of the 10k test images)
+E2E_STEPS = {
+    "mnist-mlp": 3000,
+    "mnist-mlp-bn": 400,
+    "mnist-conv": 300,
+    "mnist-cgan": 10,
+    "anime-dcgan": 10,
+    "mnist-quick": 500,
+    "digits-quick": 500,
+}
+EMULATE = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
 
 
 def _rss_mib() -> float:
@@ -242,7 +266,31 @@ def worker_peak(args: argparse.Namespace) -> dict:
     return out
 
 
-WORKERS = {"reference": worker_reference, "ganforge": worker_ganforge, "flops": worker_flops, "peak": worker_peak}
+def worker_cpu(args: argparse.Namespace) -> dict:
+    """The CPU class as this process sees it (after any emulation variables)."""
+    import torch
+
+    from ganforge.training.fastpath import cpu_name
+    from ganforge.training.precision import bf16_native, emulation_env
+
+    native, why = bf16_native(torch.device("cpu"))
+    return {
+        "cpu": cpu_name(),
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "bf16_native": native,
+        "bf16": why,
+        "emulated_by": emulation_env(),
+        "cores": os.cpu_count(),
+    }
+
+
+WORKERS = {
+    "reference": worker_reference,
+    "ganforge": worker_ganforge,
+    "flops": worker_flops,
+    "peak": worker_peak,
+    "cpu": worker_cpu,
+}
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -267,6 +315,7 @@ def _env(args: argparse.Namespace) -> dict:
         env["OMP_NUM_THREADS"] = str(args.threads)
     if args.omp_wait_policy:
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy
+    env.update(EMULATE.get(args.emulate, {}))
     return env
 
 
@@ -307,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test", help="MNIST split (test: 10k images, enough for these windows)")
     parser.add_argument("--set", action="append", default=[], help="extra ganforge overrides (key=value)")
     parser.add_argument("--json", type=Path, help="write all measurements here")
+    parser.add_argument("--end-to-end", action="store_true", help="whole processes, wall clock (module docstring)")
+    parser.add_argument("--emulate", choices=sorted(EMULATE), default="", help="compute like this CPU class")
     # worker mode (internal)
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--recipe", help=argparse.SUPPRESS)
@@ -321,6 +372,15 @@ def main(argv: list[str] | None = None) -> int:
     recipes = [r for r in args.recipes.split(",") if r]
     precisions = [p for p in args.precisions.split(",") if p]
     sets = [x for s in args.set for x in ("--set", s)]
+    cpu = _run_worker("cpu", args)
+    print(
+        f"CPU: {cpu['cpu']} ({cpu['cores']} CPUs), ATen capability {cpu['capability']}, bf16 "
+        f"{'native' if cpu['bf16_native'] else 'not native'} ({cpu['bf16']}); "
+        + (f"emulated: {cpu['emulated_by']}" if cpu["emulated_by"] else "measured natively"),
+        flush=True,
+    )
+    if args.end_to_end:
+        return end_to_end(args, recipes, precisions, cpu)
     started = time.time()
     peak = _run_worker("peak", args)
     detail = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peak.items() if "_" in k)
@@ -378,6 +438,91 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"peak_flops": peak, "results": results, "argv": sys.argv}, indent=1))
     return 0
+
+
+def _e2e_command(kind: str, recipe: str, steps: int, precision: str, out: Path, args: argparse.Namespace) -> list:
+    root, split = _data_args(recipe, args)
+    if kind == "reference":
+        command = [sys.executable, str(HERE / "reference.py"), recipe, "--steps", str(steps), "--data-root", root]
+        return command + ["--split", split, "--device", args.device]
+    command = [sys.executable, "-m", "ganforge", "train", recipe, "--max-steps", str(steps), "--out", str(out)]
+    command += ["--overwrite", "--device", args.device, "--set", "train.progress=false", "--set", "train.max_time=0"]
+    if not recipe.startswith("digits"):
+        command += ["--data-root", root, "--split", split]
+    return command + (["--precision", precision] if precision else []) + [x for s in args.set for x in ("--set", s)]
+
+
+def _e2e_run(kind: str, recipe: str, steps: int, precision: str, args: argparse.Namespace) -> dict:
+    """Wall-clock seconds of one whole process; for ganforge also its own training time (the loop's clock)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        command = _e2e_command(kind, recipe, steps, precision, out, args)
+        start = time.perf_counter()
+        proc = subprocess.run(command, capture_output=True, text=True, env=_env(args))
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        result = {"wall_s": wall, "load": os.getloadavg()[0]}
+        if kind == "ganforge":
+            records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            result["train_s"] = records[-1]["time_s"]
+            setup = next(r for r in records if r["kind"] == "setup")["runtime"]
+            result["precision"] = setup["precision"]["value"]
+            result["summary"] = setup["summary"]
+        return result
+
+
+def end_to_end(args: argparse.Namespace, recipes: list[str], precisions: list[str], cpu: dict) -> int:
+    results = []
+    for recipe in recipes:
+        steps = args.steps or E2E_STEPS[recipe]
+        _e2e_run("ganforge", recipe, 2, "", args)  # fills the dataset cache, untimed
+        modes = ([("reference", "fp32")] if recipe in SEED_RECIPES else []) + [("ganforge", p) for p in precisions]
+        runs: dict[tuple[str, str], list[dict]] = {m: [] for m in modes}
+        for rep in range(args.repeats):
+            for kind, precision in modes:
+                r = _e2e_run(kind, recipe, steps, precision if kind == "ganforge" else "", args)
+                runs[(kind, precision)].append(r)
+                inner = f" (loop {r['train_s']:.1f} s, trained in {r['precision']})" if kind == "ganforge" else ""
+                print(f"  {recipe} {kind} {precision} rep {rep + 1}: {r['wall_s']:.1f} s{inner}; load {r['load']:.2f}")
+        ref = runs.get(("reference", "fp32"))
+        ref_s = statistics.median(r["wall_s"] for r in ref) if ref else None
+        for (kind, precision), rs in runs.items():
+            wall = statistics.median(r["wall_s"] for r in rs)
+            results.append(
+                {
+                    "recipe": recipe,
+                    "side": kind,
+                    "precision": precision if kind == "reference" else f"{precision} -> {rs[0]['precision']}",
+                    "steps": steps,
+                    "wall_s": wall,
+                    "all_wall_s": [r["wall_s"] for r in rs],
+                    "train_s": statistics.median(r["train_s"] for r in rs) if kind == "ganforge" else None,
+                    "ratio": ref_s / wall if ref_s else None,
+                    "load": [r["load"] for r in rs],
+                    "summary": rs[0].get("summary"),
+                }
+            )
+    print()
+    print(_e2e_table(results))
+    if args.json:
+        args.json.write_text(json.dumps({"cpu": cpu, "end_to_end": results, "argv": sys.argv}, indent=1))
+    return 0
+
+
+def _e2e_table(results: list[dict]) -> str:
+    head = (
+        "| recipe | steps | side | precision | whole process s (median) | of which ganforge's loop s | ratio |\n"
+        "|---|---:|---|---|---:|---:|---:|"
+    )
+    rows = []
+    for r in results:
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        loop = "" if r["train_s"] is None else f"{r['train_s']:.1f}"
+        rows.append(
+            f"| {r['recipe']} | {r['steps']} | {r['side']} | {r['precision']} | {r['wall_s']:.1f} | {loop} | {ratio} |"
+        )
+    return "\n".join([head, *rows])
 
 
 def _table(results: list[dict]) -> str:

@@ -284,6 +284,9 @@ def read_metadata(path: Path) -> tuple[dict[str, Any], str]:
     return meta, metadata.get("kind", "")
 
 
+load_meta = read_metadata  # the name the training code reads checkpoint headers by
+
+
 def _read_header(path: Path, payload: bytes) -> dict[str, str]:
     """Parse the safetensors header (8-byte little-endian length, then JSON) without loading tensors."""
     truncated = CheckpointError(f"{path} is truncated or not a checkpoint file; use another checkpoint")

@@ -97,7 +97,10 @@ class TrainConfig:
     g_every: int = 1  # a G step on batches where batch_index % g_every == 0
     seed: int = 0
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
-    precision: str = "fp32"  # fp32 | bf16 (autocast, fp32 master weights)
+    # fp32 | bf16 (autocast, fp32 master weights) | auto: bf16 where this device computes it natively and a short
+    # timed probe finds it faster, else fp32 (training/precision.py); resolved once per run, and the run's
+    # config.json, checkpoints and exports then hold the resolved value (why: config.json's "runtime" block)
+    precision: str = "fp32"
     compile: bool = False  # torch.compile the networks
     # CUDA: deterministic cuDNN/cuBLAS kernels, so a resumed run is bit-identical to an uninterrupted one (on the
     # CPU it always is); off by default because the deterministic kernels can be slower
@@ -190,6 +193,9 @@ class RunConfig:
 
 
 SECTIONS = ("data", "model", "loss", "optim", "train", "eval", "sample", "augment")
+# config.json's record of what the run chose on its machine (kernels, resolved precision, and why): written
+# beside the settings, not a setting itself, so ``from_dict`` reads past it
+RUNTIME_KEY = "runtime"
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.split": ("train", "test"),
     "data.labels": ("auto", "none", "subfolders", "csv"),
@@ -197,7 +203,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.unlabelled": ("drop", "error"),
     "model.init": ("default", "dcgan", "keras"),
     "train.g_update": ("same-fake", "fresh-noise", "simultaneous", "kept-noise"),
-    "train.precision": ("fp32", "bf16"),
+    "train.precision": ("fp32", "bf16", "auto"),
     "train.on_divergence": ("warn", "stop", "off"),
     "train.on_collapse": ("warn", "stop", "rollback", "off"),
 }
@@ -412,9 +418,12 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 
 
 def from_dict(raw: dict[str, Any]) -> RunConfig:
-    """Strict inverse of ``to_dict``: unknown keys and wrong types are errors."""
+    """Strict inverse of ``to_dict``: unknown keys and wrong types are errors (a run's ``config.json`` also loads:
+    its ``runtime`` record is skipped)."""
     cfg = RunConfig()
     for key, value in raw.items():
+        if key == RUNTIME_KEY and isinstance(value, dict):
+            continue
         if isinstance(value, dict):
             for sub, subvalue in value.items():
                 set_value(cfg, f"{key}.{sub}", subvalue)
@@ -425,8 +434,12 @@ def from_dict(raw: dict[str, Any]) -> RunConfig:
     return validate(cfg)
 
 
-def to_json(cfg: RunConfig) -> str:
-    return json.dumps(to_dict(cfg), indent=2, sort_keys=False)
+def to_json(cfg: RunConfig, runtime: dict[str, Any] | None = None) -> str:
+    """The config as JSON; ``runtime``: what the run chose on its machine, kept beside it (``RUNTIME_KEY``)."""
+    raw = to_dict(cfg)
+    if runtime is not None:
+        raw[RUNTIME_KEY] = runtime
+    return json.dumps(raw, indent=2, sort_keys=False)
 
 
 def from_json(text: str) -> RunConfig:

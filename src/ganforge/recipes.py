@@ -151,7 +151,8 @@ def mnist_quick() -> RunConfig:
         recipe="mnist-quick",
         description=(
             "The best MNIST digits a 2-core laptop CPU makes in 5 minutes (its default length): a small "
-            "class-conditional DCGAN (projection D), batch 64, Adam 5e-4 (0.5, 0.999), bf16 autocast, EMA of G (0.995)."
+            "class-conditional DCGAN (projection D), batch 64, Adam 5e-4 (0.5, 0.999), EMA of G (0.995), bf16 "
+            "where the CPU computes it natively (precision auto)."
         ),
         data=DataConfig(dataset="mnist", mean=[0.5], std=[0.5]),
         model=ModelConfig(
@@ -167,7 +168,9 @@ def mnist_quick() -> RunConfig:
             batch_size=64,
             g_update="same-fake",
             ema_decay=0.995,
-            precision="bf16",  # 1.3x the steps of fp32 in 5 minutes here, and a lower FD (0.95 vs 1.40)
+            # auto: bf16 where the CPU computes it natively (on a Zen 5 with AVX512_BF16: 1.3x the steps of fp32
+            # in 5 minutes and a lower FD, 0.95 vs 1.40), fp32 where it would be emulated (~13x slower on AVX2)
+            precision="auto",
             log_every=50,
             sample_every=5,
             checkpoint_every=50,

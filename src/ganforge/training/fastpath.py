@@ -9,7 +9,11 @@ of a model to ``OneDNNLinear``, which computes the forward and both gradients wi
 float rounding (the summation order differs).
 
 ``GANFORGE_CPU_LINEAR`` overrides the choice: ``onednn``, ``blas`` (PyTorch's own), or ``auto`` (the
-default: oneDNN on non-Intel x86 CPUs with AVX-512 when PyTorch has oneDNN).
+default, ``choose_linear``): BLAS on Intel CPUs (MKL is Intel's own) and off x86; on other x86 CPUs a short
+timed probe of the run's own training step with each (probe.py) when Linear layers carry a real share of
+the model's FLOPs, since the vendor rule held on a Zen 5 with AVX-512 (oneDNN 2x) but not on a Zen 3 with
+AVX2 (MKL and oneDNN within 10% of each other there); oneDNN must be ``LINEAR_MARGIN`` faster to be used.
+Models whose Linear layers are a small share (the conv recipes) keep the vendor rule (``onednn_linear_wanted``).
 
 Channels-last on the CPU: conv models train channels-last there (``train.channels_last`` forces it on
 other devices too); ``GANFORGE_CPU_CHANNELS_LAST=0`` keeps the default layout, for comparisons.
@@ -20,7 +24,8 @@ too small to split well (a second thread gained 10-40% on an idle 2-core CPU), a
 else runs on the machine, OpenMP threads that wait for a descheduled partner make every operation
 4-8 times slower (measured: mnist-mlp 5,700 -> 1,150 images/s with two threads, while one thread
 kept 5,100). Larger models keep torch's thread count. The choice depends only on the model and the
-batch size, so resumed runs use the same threads (and round the same way) as the run they continue.
+batch size; it is recorded in the checkpoint, and a resumed run sets the recorded count (and so rounds the
+same way) even on a machine whose own rule would differ.
 A small model whose results are bit-identical at any thread count (checked at start:
 ``same_results_at_any_thread_count``; true for mnist-mlp) instead lets ``ThreadTuner`` switch between
 one thread and torch's count while it trains, by measured step time. ``GANFORGE_CPU_THREADS=N`` (or
@@ -35,10 +40,79 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@dataclass
+class Choice:
+    """One run-time choice and why it was made: recorded in config.json, checkpoints and metrics.jsonl."""
+
+    value: Any
+    reason: str  # short, for the start-up line
+    speedup: float | None = None  # measured: the alternative's step time / the chosen variant's (> 1: chosen faster)
+    requested: str | None = None  # what the config asked for, where that was a request to resolve ("auto")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def kept(cls, record: dict[str, Any]) -> Choice:
+        """The choice a checkpoint recorded, reused by a resumed run (no new measurement)."""
+        reason = record.get("reason", "")
+        reason = reason if reason.startswith("kept") else f"kept from the checkpoint: {reason}"
+        return cls(record["value"], reason, record.get("speedup"), record.get("requested"))
+
+
+# --- the CPU itself --------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty off Linux)."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    if fields:
+                        break
+                    continue
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """Instruction-set flags of this CPU: x86 ``flags``, Arm ``Features`` (lower case); on macOS, ``bf16``
+    from sysctl's FEAT_BF16 (Apple M2 and later)."""
+    info = _cpuinfo()
+    flags = set((info.get("flags", "") + " " + info.get("Features", "")).lower().split())
+    if platform.system() == "Darwin":
+        import subprocess
+
+        probe = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True)
+        if probe.stdout.strip() == "1":
+            flags.add("bf16")
+    return frozenset(flags)
+
+
+def cpu_name() -> str:
+    """The CPU's model name as lscpu shows it (e.g. "AMD EPYC"), or the platform's processor string."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def is_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
 
 ENV = "GANFORGE_CPU_LINEAR"
 # Products smaller than this many multiply-adds stay with MKL: oneDNN's per-call overhead (~10 us) wins there.
@@ -46,16 +120,12 @@ _MIN_MACS = 1 << 21
 _MIN_OUT_FEATURES = 8  # a Linear(., 1) head is a matrix-vector product: nothing to win
 
 
-@functools.lru_cache(maxsize=1)
+LINEAR_MARGIN = 1.1  # oneDNN must make the probed step this much faster: a kernel switch changes rounding
+LINEAR_SHARE = 0.25  # Linear layers below this share of the forward FLOPs are not worth a probe
+
+
 def _cpu_vendor() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return _cpuinfo().get("vendor_id", "")
 
 
 def _onednn_available() -> bool:
@@ -63,15 +133,36 @@ def _onednn_available() -> bool:
 
 
 def onednn_linear_wanted() -> bool:
-    """Whether fp32 Linear layers on the CPU should go through oneDNN here (see the module docstring)."""
+    """The rule without a measurement: ``GANFORGE_CPU_LINEAR``, else oneDNN on non-Intel x86 CPUs with AVX-512
+    (measured 2x on a Zen 5; never measured faster on AVX2). ``choose_linear`` probes where it matters."""
     choice = os.environ.get(ENV, "auto").strip().lower()
     if choice == "blas" or not _onednn_available():
         return False
     if choice == "onednn":
         return True
-    x86 = platform.machine().lower() in ("x86_64", "amd64")
     avx512 = "AVX512" in torch.backends.cpu.get_cpu_capability()
-    return x86 and avx512 and _cpu_vendor() not in ("GenuineIntel", "")
+    return is_x86() and avx512 and _cpu_vendor() not in ("GenuineIntel", "")
+
+
+def choose_linear(generator: nn.Module, discriminator: nn.Module, measure: Callable[[], tuple[float, float]]) -> Choice:
+    """fp32 Linear kernels for this run: "onednn" or "blas" and why (module docstring). ``measure()`` returns the
+    probed step seconds (with BLAS, with oneDNN); it is called only where the rules cannot decide."""
+    choice = os.environ.get(ENV, "auto").strip().lower()
+    if choice in ("blas", "onednn") or not _onednn_available():
+        value = "onednn" if choice == "onednn" and _onednn_available() else "blas"
+        return Choice(value, f"{ENV}={choice}" if choice != "auto" else "no oneDNN in this PyTorch")
+    if not is_x86() or _cpu_vendor() in ("GenuineIntel", ""):
+        return Choice("blas", "MKL on Intel" if _cpu_vendor() == "GenuineIntel" else "not x86")
+    total_flops, linear_flops = _forward_counts(generator, discriminator, 1)
+    share = linear_flops / max(total_flops, 1.0)
+    if share < LINEAR_SHARE:
+        value = "onednn" if onednn_linear_wanted() else "blas"
+        return Choice(value, f"Linear {share:.0%} of the FLOPs, not probed")
+    t_blas, t_onednn = measure()
+    speedup = t_blas / t_onednn
+    if speedup >= LINEAR_MARGIN:
+        return Choice("onednn", f"{speedup:.2f}x", round(speedup, 3))
+    return Choice("blas", f"oneDNN {speedup:.2f}x", round(1 / speedup, 3))
 
 
 def _mm(a: torch.Tensor, b_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -127,10 +218,14 @@ def use_onednn_linear(*modules: nn.Module) -> int:
     count = 0
     for module in modules:
         for m in module.modules():
-            if type(m) is nn.Linear and m.out_features >= _MIN_OUT_FEATURES:
+            if type(m) is nn.Linear and _switchable(m):
                 m.__class__ = OneDNNLinear
                 count += 1
     return count
+
+
+def _switchable(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) and module.out_features >= _MIN_OUT_FEATURES
 
 
 THREADS_ENV = "GANFORGE_CPU_THREADS"
@@ -140,8 +235,22 @@ _BASELINE_THREADS: int | None = None  # torch's thread count before ganforge fir
 
 def forward_flops(generator: nn.Module, discriminator: nn.Module, batch: int) -> float:
     """FLOPs of one forward of G and D over ``batch`` images (counted on 2 images, in eval mode, no grad)."""
+    return _forward_counts(generator, discriminator, batch)[0]
+
+
+def _forward_counts(generator: nn.Module, discriminator: nn.Module, batch: int) -> tuple[float, float]:
+    """(all FLOPs, FLOPs in the Linear layers ``use_onednn_linear`` would switch) of one forward of G and D
+    over ``batch`` images; the Linear count from the layers' shapes as they run."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    linear = [0.0]
+
+    def count(module: nn.Module, inputs: tuple, _output: torch.Tensor) -> None:
+        rows = inputs[0].numel() // module.in_features
+        linear[0] += 2.0 * rows * module.in_features * module.out_features
+
+    layers = [m for net in (generator, discriminator) for m in net.modules() if _switchable(m)]
+    hooks = [m.register_forward_hook(count) for m in layers]
     modes = [m.training for m in (generator, discriminator)]
     generator.eval(), discriminator.eval()  # BatchNorm must not update its running statistics here
     try:
@@ -152,7 +261,9 @@ def forward_flops(generator: nn.Module, discriminator: nn.Module, batch: int) ->
             discriminator(generator(z, labels), labels)
     finally:
         generator.train(modes[0]), discriminator.train(modes[1])
-    return counter.get_total_flops() / 2 * batch
+        for hook in hooks:
+            hook.remove()
+    return counter.get_total_flops() / 2 * batch, linear[0] / 2 * batch
 
 
 def cpu_threads_wanted(generator: nn.Module, discriminator: nn.Module, batch: int) -> int | None:
@@ -165,6 +276,24 @@ def cpu_threads_wanted(generator: nn.Module, discriminator: nn.Module, batch: in
     if forward_flops(generator, discriminator, batch) < SMALL_STEP_FLOPS:
         return 1
     return None
+
+
+def choose_threads(generator: nn.Module, discriminator: nn.Module, batch: int) -> Choice:
+    """The intra-op thread count to train with on the CPU (the count itself, for the record) and why."""
+    choice = os.environ.get(THREADS_ENV, "auto").strip().lower()
+    if choice != "auto":
+        return Choice(max(1, int(choice)), f"{THREADS_ENV}={choice}")
+    if os.environ.get("OMP_NUM_THREADS"):
+        return Choice(baseline_cpu_threads(), f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}")
+    flops = forward_flops(generator, discriminator, batch)
+    if flops < SMALL_STEP_FLOPS:
+        return Choice(1, f"small model: {flops / 1e9:.2g} GFLOP per batch")
+    return Choice(baseline_cpu_threads(), "torch's default")
+
+
+def threads_overridden() -> bool:
+    """Whether the environment fixes the thread count (then it wins over a checkpoint's record too)."""
+    return os.environ.get(THREADS_ENV, "auto").strip().lower() != "auto" or bool(os.environ.get("OMP_NUM_THREADS"))
 
 
 def baseline_cpu_threads() -> int:
@@ -249,11 +378,26 @@ class ThreadTuner:
         set_cpu_threads(self.chosen)
 
 
+CHANNELS_LAST_ENV = "GANFORGE_CPU_CHANNELS_LAST"
+
+
 def cpu_channels_last_wanted(*modules: nn.Module) -> bool:
-    """Whether conv models should train channels-last on the CPU (measured faster in docs/performance.md)."""
-    if os.environ.get("GANFORGE_CPU_CHANNELS_LAST", "1").strip().lower() in ("0", "off", "false", "no"):
+    """Whether conv models should train channels-last on the CPU (measured faster in docs/performance.md, with
+    AVX-512 and with AVX2)."""
+    if os.environ.get(CHANNELS_LAST_ENV, "1").strip().lower() in ("0", "off", "false", "no"):
         return False
     return has_conv(*modules)
+
+
+def choose_channels_last(forced: bool, device: torch.device, *modules: nn.Module) -> Choice:
+    """The memory layout of a run's conv models (True: NHWC) and why."""
+    if forced:
+        return Choice(True, "train.channels_last=true")
+    if device.type != "cpu" or not has_conv(*modules):
+        return Choice(False, "no convolutions" if not has_conv(*modules) else f"default on {device.type}")
+    if cpu_channels_last_wanted(*modules):
+        return Choice(True, "conv model on the CPU")
+    return Choice(False, f"{CHANNELS_LAST_ENV}={os.environ.get(CHANNELS_LAST_ENV)}")
 
 
 def has_conv(*modules: nn.Module) -> bool:

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from ganforge.checkpoint import check_output_space, format_bytes, free_bytes
-from ganforge.config import RunConfig, to_dict, to_json
+from ganforge.config import RUNTIME_KEY, RunConfig, to_dict, to_json
 from ganforge.data import make_loader
 from ganforge.errors import DivergenceError, GanforgeWarning
 from ganforge.objectives import get_objective
@@ -39,13 +39,15 @@ from ganforge.tensorboard import check_available as check_tensorboard
 from ganforge.training.distributed import DistContext, init_distributed, rank_failure
 from ganforge.training.guards import Alarm, CollapseAlarm, DivergenceGuard
 from ganforge.training.outputs import Evaluator, SampleGrids
-from ganforge.training.setup import build_setup, check_shards, deterministic_kernels
+from ganforge.training.pacing import CHECKPOINT_SHARE, PLOT_MIN_INTERVAL_S, PLOT_SHARE, Pacer
+from ganforge.training.setup import build_setup, check_shards, deterministic_kernels, runtime_record
 from ganforge.training.signals import StopFlag
 from ganforge.training.state import (
     TrainState,
     load_training_checkpoint,
     restore_networks,
     run_dir_of,
+    runtime_of,
     save_training_checkpoint,
     save_weight_exports,
 )
@@ -102,7 +104,10 @@ class Trainer:
             out = out if out is not None else RunDir.default_path(cfg.recipe)
             if ctx.is_main:  # refuse to touch an existing run before spending time on data and models
                 RunDir(out).check_new(overwrite)
-        self.setup = build_setup(cfg, ctx)  # seeds, then builds the networks: first of all random draws
+        # seeds, then builds the networks (first of all random draws); chooses the kernels and resolves
+        # train.precision=auto in cfg, or keeps the choices of the checkpoint it resumes
+        self.setup = build_setup(cfg, ctx, runtime_of(resume) if resume is not None else None)
+        self.runtime = runtime_record(self.setup.choices)
         self.nets = self.setup.nets
         self.loader = make_loader(cfg, ctx.device, ctx.rank, ctx.world_size)
         check_shards(cfg, self.loader.num_images, ctx.world_size)
@@ -115,7 +120,10 @@ class Trainer:
         self.evaluator = Evaluator(cfg, ctx.device)
         self.state = TrainState()
         self.acc_epoch = StepStats.zeros(ctx.device)
-        self._last_plot = -math.inf
+        # pacing.py: short epochs do not pay for a plot and a latest checkpoint each (the last epoch and stops do)
+        self._plot_pacer = Pacer(PLOT_SHARE, PLOT_MIN_INTERVAL_S)
+        self._latest_pacer = Pacer(CHECKPOINT_SHARE)
+        self._latest_step = -1  # the step latest.safetensors was last written at
         self._last_eval_step = -1  # an epoch end does not evaluate again what a step-triggered evaluation just did
         self.stop = StopFlag()
         self.divergence, self.collapse = DivergenceGuard(cfg.train), CollapseAlarm(cfg.train)
@@ -127,11 +135,12 @@ class Trainer:
             self._resume(resume, resume_overrides or [])
         elif ctx.is_main:
             self.run_dir.create(overwrite=overwrite)
+            self.run_dir.append({"kind": "setup", "step": 0, "runtime": self.runtime})
         if ctx.is_main:
             self._check_space()
         self.observers: list[Any] = []  # rank 0: the live report, TensorBoard
         if ctx.is_main:
-            self.run_dir.write_config(to_json(cfg) + "\n")
+            self.run_dir.write_config(to_json(cfg, self.runtime) + "\n")  # with what this machine chose
             self.observers = self._make_observers(resumed_from=self.state.step if resume is not None else None)
         ctx.barrier()
 
@@ -187,7 +196,13 @@ class Trainer:
             self.run_dir.create(overwrite=False)
         self.run_dir.truncate_after(self.state.step)
         self.run_dir.append(  # before the observers exist: they read it from metrics.jsonl
-            {"kind": "resume", "step": self.state.step, "from": str(checkpoint), "overrides": overrides}
+            {
+                "kind": "resume",
+                "step": self.state.step,
+                "from": str(checkpoint),
+                "overrides": overrides,
+                "runtime": self.runtime,
+            }
         )
         if self.state.epoch >= self.cfg.train.epochs:
             self.log(f"the run already finished {self.state.epoch} epochs; raise --epochs to train further")
@@ -206,6 +221,9 @@ class Trainer:
         tcfg, state, per_epoch = self.cfg.train, self.state, self.loader.batches_per_epoch
         if state.step == 0:
             self.log(f"run directory: {self.run_dir.path}")
+        self.log(self.setup.summary)
+        for warning in self.setup.warnings:
+            self.log(warning)
         stopped: str | None = None
         clock = _Clock(state.elapsed)
         window = StepStats.zeros(self.ctx.device)
@@ -234,7 +252,8 @@ class Trainer:
             # every rank keeps the ranks' mean, which is what rank 0 saves: resuming on any number of
             # processes then continues the same epoch statistics
             self.acc_epoch = StepStats(self.ctx.mean(self.acc_epoch.totals))
-            self._save_checkpoint(self.run_dir.latest)  # mid-epoch: the epoch end did not save one
+        if stopped is not None and self._latest_step != state.step:  # mid-epoch, or an epoch end that paced it
+            self._save_latest()
         self._finish(stopped)
         return TrainResult(self.run_dir.path, state, stopped)
 
@@ -337,11 +356,11 @@ class Trainer:
         evaluate = cfg.eval.every and (epoch % cfg.eval.every == 0 or last_epoch)
         improved = evaluate and self._last_eval_step != self.state.step and self._evaluate(per_epoch)
         if self.ctx.is_main:
-            # redrawn each epoch, but at most every 10 s: on tiny datasets epochs take well under a second
-            if last_epoch or time.perf_counter() - self._last_plot > 10:
+            if last_epoch or self._plot_pacer.due():  # pacing.py: on tiny datasets epochs take under a second
                 self._plot()
             self._check_weights_finite()
-            self._save_checkpoint(self.run_dir.latest)
+            if last_epoch or self._latest_pacer.due():
+                self._save_latest()
             if epoch % tcfg.checkpoint_every == 0:
                 self._save_checkpoint(self.run_dir.epoch_checkpoint(epoch))
                 self.run_dir.prune_epoch_checkpoints(tcfg.keep_checkpoints)
@@ -401,7 +420,7 @@ class Trainer:
         if self.ctx.is_main:
             self._append({"kind": "rollback", "step": self.state.step, "from": str(self.run_dir.best),
                           "lr_g": optim.lr_g, "lr_d": optim.lr_d})  # fmt: skip
-            self.run_dir.write_config(to_json(self.cfg) + "\n")  # resumes keep the lowered rates
+            self.run_dir.write_config(to_json(self.cfg, self.runtime) + "\n")  # resumes keep the lowered rates
             self.log(f"rolled back to {self.run_dir.best} with lr_g {optim.lr_g:.3g}, lr_d {optim.lr_d:.3g}")
 
     def _check_weights_finite(self) -> None:
@@ -415,6 +434,11 @@ class Trainer:
             f"{saved}; try lower learning rates"
         )
 
+    def _save_latest(self) -> None:
+        with self._latest_pacer.timed():
+            self._save_checkpoint(self.run_dir.latest)
+        self._latest_step = self.state.step
+
     def _save_checkpoint(self, path: Path) -> None:
         if self.ctx.is_main:
             with self.stop.protect():  # no Ctrl-C aborts a save half-way
@@ -427,7 +451,8 @@ class Trainer:
                     self.state,
                     self.ctx.world_size,
                     extra={
-                        "guards": {"divergence": self.divergence.state_dict(), "collapse": self.collapse.state_dict()}
+                        RUNTIME_KEY: self.runtime,
+                        "guards": {"divergence": self.divergence.state_dict(), "collapse": self.collapse.state_dict()},
                     },
                     augment=self.step.augment,
                 )
@@ -451,8 +476,8 @@ class Trainer:
         return self.nets.ema if self.nets.ema is not None else self.nets.generator_core
 
     def _plot(self) -> None:
-        plot_training_curves(self.run_dir.read_records(), self.run_dir.loss_curves, title=self.cfg.recipe)
-        self._last_plot = time.perf_counter()
+        with self._plot_pacer.timed():
+            plot_training_curves(self.run_dir.read_records(), self.run_dir.loss_curves, title=self.cfg.recipe)
 
     def _finish(self, stopped: str | None) -> None:
         if not self.ctx.is_main:

@@ -23,16 +23,22 @@ from ganforge.errors import ConfigError
 from ganforge.models import build_models
 from ganforge.training.distributed import DistContext, convert_sync_batchnorm
 from ganforge.training.fastpath import (
-    THREADS_ENV,
+    CHANNELS_LAST_ENV,
+    ENV,
+    Choice,
     ThreadTuner,
     baseline_cpu_threads,
-    cpu_channels_last_wanted,
-    cpu_threads_wanted,
-    onednn_linear_wanted,
+    choose_channels_last,
+    choose_linear,
+    choose_threads,
+    cpu_name,
     same_results_at_any_thread_count,
     set_cpu_threads,
+    threads_overridden,
     use_onednn_linear,
 )
+from ganforge.training.precision import bf16_native, emulation_env, kept_warning, resolve_precision
+from ganforge.training.probe import Variant, time_variants
 from ganforge.training.step import Networks
 
 
@@ -41,7 +47,15 @@ class Setup:
     nets: Networks
     channels_last: bool  # conv models keep their weights and inputs in NHWC
     thread_tuner: ThreadTuner | None  # live choice of the CPU thread count, or None
-    choices: dict[str, Any] = field(default_factory=dict)  # what was chosen at run time, for config.json
+    # what was chosen on this machine and why ({"device": ..., "precision": ..., "threads": ...}): config.json's
+    # "runtime" block, the checkpoints' "runtime" meta (a resumed run keeps it) and metrics.jsonl's setup record
+    choices: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # one line each, for the user at start
+
+    @property
+    def summary(self) -> str:
+        """The start-up line: what was chosen and why (``describe``)."""
+        return describe(self.choices)
 
 
 def check_run_config(cfg: RunConfig, device: torch.device) -> None:
@@ -70,54 +84,187 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_setup(cfg: RunConfig, ctx: DistContext) -> Setup:
-    """Seed, build G and D, and make them ready to train on ``ctx.device`` (see the module doc)."""
+def build_setup(cfg: RunConfig, ctx: DistContext, previous: dict[str, Any] | None = None) -> Setup:
+    """Seed, build G and D, and make them ready to train on ``ctx.device`` (see the module doc).
+
+    Resolves ``train.precision=auto`` in ``cfg`` itself, so the run's config (and every file it is written
+    to) names the precision the run trains in. ``previous``: the ``runtime`` record of the checkpoint a run
+    resumes from; its kernel choices are kept (no new probe), so the resumed run rounds the same way.
+    """
     check_run_config(cfg, ctx.device)
     seed_everything(cfg.train.seed)
     generator, discriminator = build_models(cfg.model)
     if cfg.train.sync_batchnorm and ctx.enabled:  # BatchNorm statistics over the global batch (also on CPU)
         generator = convert_sync_batchnorm(generator, ctx.device)
         discriminator = convert_sync_batchnorm(discriminator, ctx.device)
-    choices: dict[str, Any] = {}
-    generator, discriminator, channels_last, tuner = _place_on_device(
-        cfg, ctx.device, generator, discriminator, choices
-    )
+    kernels = _Kernels()
+    generator, discriminator = _choose_kernels(cfg, ctx, generator, discriminator, previous or {}, kernels)
     ema = copy.deepcopy(generator).eval().requires_grad_(False) if cfg.train.ema_decay > 0 else None
-    opt_g, opt_d = _optimizers(cfg, ctx.device, generator, discriminator, channels_last)
+    opt_g, opt_d = _optimizers(cfg, ctx.device, generator, discriminator, kernels.channels_last)
     g_called, d_called, d_for_g = _wrap(cfg, ctx, generator, discriminator)
     nets = Networks(
         generator, discriminator, g_called, d_called, d_for_g, opt_g, opt_d, ema, _per_sample(generator, discriminator)
     )
-    return Setup(nets, channels_last, tuner, choices)
+    return Setup(nets, kernels.channels_last, kernels.thread_tuner, kernels.choices, kernels.warnings)
 
 
-def _place_on_device(
-    cfg: RunConfig, device: torch.device, generator: nn.Module, discriminator: nn.Module, choices: dict[str, Any]
-) -> tuple[nn.Module, nn.Module, bool, ThreadTuner | None]:
-    """Move the networks to the device with the memory layout and CPU kernels chosen for this machine."""
-    tcfg = cfg.train
-    threads = None
+@dataclass
+class _Kernels:
+    """What ``_choose_kernels`` decides (becomes part of the Setup)."""
+
+    channels_last: bool = False
+    thread_tuner: ThreadTuner | None = None
+    choices: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _choose_kernels(
+    cfg: RunConfig,
+    ctx: DistContext,
+    generator: nn.Module,
+    discriminator: nn.Module,
+    previous: dict[str, Any],
+    kernels: _Kernels,
+) -> tuple[nn.Module, nn.Module]:
+    """Threads, memory layout, Linear kernels and precision for this machine (fastpath.py, precision.py):
+    each kept from ``previous`` unless the environment overrides it, else chosen (rules, then probes)."""
+    tcfg, device, choices = cfg.train, ctx.device, kernels.choices
+    choices["device"] = _device_record(device)
     if device.type == "cpu":  # small models train on one thread (fastpath.py: measured faster)
-        threads = cpu_threads_wanted(generator, discriminator, tcfg.batch_size)
-        set_cpu_threads(threads)
-    # channels-last: asked for, or a conv model on the CPU, where oneDNN runs it faster in fp32 and bf16
-    # (docs/performance.md); the maths is the same, only the memory layout changes
-    channels_last = tcfg.channels_last or (device.type == "cpu" and cpu_channels_last_wanted(generator, discriminator))
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        threads = _kept(previous, "threads", threads_overridden())
+        threads = threads or choose_threads(generator, discriminator, tcfg.batch_size)
+        set_cpu_threads(threads.value)
+        choices["threads"] = threads
+    layout = _kept(previous, "channels_last", CHANNELS_LAST_ENV in os.environ and not tcfg.channels_last)
+    layout = layout or choose_channels_last(tcfg.channels_last, device, generator, discriminator)
+    choices["channels_last"] = layout
+    kernels.channels_last = bool(layout.value)
+    memory_format = torch.channels_last if kernels.channels_last else torch.contiguous_format
     generator = generator.to(device, memory_format=memory_format)
     discriminator = discriminator.to(device, memory_format=memory_format)
-    onednn = device.type == "cpu" and tcfg.precision == "fp32" and not tcfg.compile and onednn_linear_wanted()
-    if onednn:
-        use_onednn_linear(generator, discriminator)  # fastpath.py: MKL is slow here
-    tuner = None  # small models whose numbers do not depend on the thread count: tune it live
-    counts = (1, baseline_cpu_threads())
-    if threads == 1 and counts[1] > 1 and os.environ.get(THREADS_ENV, "auto") == "auto":
-        if same_results_at_any_thread_count(generator, discriminator, tcfg.batch_size, counts):
-            tuner = ThreadTuner(counts)
-    choices.update(
-        {"channels_last": channels_last, "linear": "onednn" if onednn else "default", "threads": threads or "torch"}
+
+    def optimizers(g: nn.Module, d: nn.Module) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+        return _optimizers(cfg, device, g, d, kernels.channels_last)
+
+    def measure(variants: dict[str, Variant]) -> tuple[float, float]:
+        """Step seconds of the two variants, probed on copies of the networks as they now stand."""
+        per_sample = _per_sample(generator, discriminator)
+        times = time_variants(cfg, ctx, generator, discriminator, per_sample, optimizers, variants)
+        first, second = variants
+        return times[first], times[second]
+
+    if device.type == "cpu":
+        linear = _choose_linear_kernels(tcfg, generator, discriminator, previous, measure)
+        choices["linear"] = linear
+        if linear.value == "onednn":
+            use_onednn_linear(generator, discriminator)  # fastpath.py: MKL is slow on some CPUs
+        kernels.thread_tuner = _thread_tuner(tcfg.batch_size, generator, discriminator, threads.value)
+        if kernels.thread_tuner is not None:
+            choices["thread_tuner"] = Choice(list(kernels.thread_tuner.counts), "same numbers at any count: tuned live")
+    _choose_precision(cfg, device, previous, measure, kernels)
+    return generator, discriminator
+
+
+def _kept(previous: dict[str, Any], key: str, overridden: bool) -> Choice | None:
+    """The checkpoint's record of ``key`` (a resumed run keeps it), unless the environment overrides it."""
+    record = previous.get(key)
+    return Choice.kept(record) if isinstance(record, dict) and "value" in record and not overridden else None
+
+
+def _choose_linear_kernels(tcfg, generator: nn.Module, discriminator: nn.Module, previous, measure) -> Choice:
+    if tcfg.compile:
+        return Choice("blas", "torch.compile")
+    if tcfg.precision == "bf16":  # explicit bf16: autocast runs its own (oneDNN) kernels for every Linear
+        return Choice("blas", "bf16 autocast")
+    kept = _kept(previous, "linear", os.environ.get(ENV, "auto").strip().lower() != "auto")
+    return kept or choose_linear(
+        generator, discriminator, lambda: measure({"blas": Variant(), "onednn": Variant(prepare=use_onednn_linear)})
     )
-    return generator, discriminator, channels_last, tuner
+
+
+def _thread_tuner(batch: int, generator: nn.Module, discriminator: nn.Module, threads: int) -> ThreadTuner | None:
+    """Small models whose numbers do not depend on the thread count tune it live (fastpath.ThreadTuner)."""
+    counts = (1, baseline_cpu_threads())
+    if threads == 1 and counts[1] > 1 and not threads_overridden():
+        if same_results_at_any_thread_count(generator, discriminator, batch, counts):
+            return ThreadTuner(counts)
+    return None
+
+
+def _choose_precision(cfg: RunConfig, device: torch.device, previous, measure, kernels: _Kernels) -> None:
+    """Resolve ``train.precision`` in place (precision.py); a resumed run keeps its checkpoint's record."""
+    tcfg = cfg.train
+    native = bf16_native(device)
+    record = previous.get("precision")
+    if isinstance(record, dict) and record.get("value") == tcfg.precision:  # resumed: the same precision
+        choice, tf32, warning = Choice.kept(record), bool(previous.get("tf32", {}).get("value")), None
+        warning = kept_warning(choice, native) if device.type == "cpu" else None
+    else:
+        fp32 = Variant(tf32=device.type == "cuda")
+        plan = resolve_precision(
+            tcfg.precision, device, native, lambda: measure({"fp32": fp32, "bf16": Variant(autocast=torch.bfloat16)})
+        )
+        choice, tf32, warning = plan.choice, plan.tf32, plan.warning
+    tcfg.precision = choice.value
+    kernels.choices["precision"] = choice
+    if device.type == "cuda":
+        kernels.choices["tf32"] = Choice(tf32, "fp32 matmuls on TF32 tensor cores" if tf32 else "off")
+        if tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+    if warning:
+        kernels.warnings.append(warning)
+
+
+def _device_record(device: torch.device) -> dict[str, Any]:
+    record: dict[str, Any] = {"value": str(device)}
+    if device.type == "cpu":
+        record["name"] = cpu_name()
+        record["capability"] = torch.backends.cpu.get_cpu_capability()
+        record["bf16_native"], record["bf16"] = bf16_native(device)
+        if emulation_env():
+            record["emulated_by"] = emulation_env()
+    elif device.type == "cuda":
+        record["name"] = torch.cuda.get_device_name(device)
+    return record
+
+
+def runtime_record(choices: dict[str, Any]) -> dict[str, Any]:
+    """``Setup.choices`` as JSON (config.json's "runtime", the checkpoints' meta, metrics.jsonl)."""
+    out = {k: v.as_dict() if isinstance(v, Choice) else v for k, v in choices.items()}
+    out["summary"] = describe(choices)
+    return out
+
+
+def describe(choices: dict[str, Any]) -> str:
+    """One line: what was chosen on this machine and why, e.g. ``device cpu (AMD EPYC, AVX2) · 1 thread (small
+    model: 0.56 GFLOP per batch) · precision fp32 (bf16 not native: AVX2, no AVX512_BF16/AMX) · linear BLAS
+    (oneDNN 0.97x) · channels-last (conv model on the CPU)``."""
+    device = choices.get("device", {})
+    detail = [device.get("name", ""), device.get("capability", "")]
+    if device.get("emulated_by"):
+        detail.append("emulated: " + " ".join(f"{k}={v}" for k, v in device["emulated_by"].items()))
+    parts = [f"device {device.get('value', '?')} ({', '.join(d for d in detail if d)})"]
+    if "threads" in choices:
+        n, tuned = _value(choices["threads"]), choices.get("thread_tuner")
+        tuning = f"; tuned live among {_value(tuned)}" if tuned else ""
+        parts.append(f"{n} thread{'s' if n != 1 else ''} ({_reason(choices['threads'])}{tuning})")
+    if "precision" in choices:
+        parts.append(f"precision {_value(choices['precision'])} ({_reason(choices['precision'])})")
+    if "linear" in choices:
+        shown = {"onednn": "oneDNN", "blas": "BLAS"}.get(_value(choices["linear"]), _value(choices["linear"]))
+        parts.append(f"linear {shown} ({_reason(choices['linear'])})")
+    layout = choices.get("channels_last")
+    if layout is not None and _reason(layout) != "no convolutions":
+        parts.append(f"{'channels-last' if _value(layout) else 'NCHW'} ({_reason(layout)})")
+    return " · ".join(parts)
+
+
+def _value(choice: Choice | dict[str, Any]) -> Any:
+    return choice.value if isinstance(choice, Choice) else choice.get("value")
+
+
+def _reason(choice: Choice | dict[str, Any]) -> str:
+    return choice.reason if isinstance(choice, Choice) else choice.get("reason", "")
 
 
 def _per_sample(generator: nn.Module, discriminator: nn.Module) -> bool:

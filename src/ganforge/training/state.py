@@ -4,7 +4,8 @@ A training checkpoint is one ``ganforge.checkpoint`` file of kind ``training``:
   tensors  generator.* discriminator.* ema.* (weights and buffers), optim_g.* optim_d.* (Adam moments),
            rng.torch rng.cuda rng.noise (RNG states), acc_epoch (the epoch's statistics so far)
   meta     config, state (TrainState), optimizers (Adam skeletons), rng (Python, NumPy), world_size,
-           versions
+           versions, runtime (the kernel and precision choices the run made on its machine, and why: a
+           resumed run keeps them, setup.py)
 Reproducibility: the data order of epoch e is a pure function of (seed, e), and every random stream is
 saved, so N epochs + resume M epochs gives the same weights as N+M epochs straight.
 """
@@ -24,8 +25,16 @@ import numpy as np
 import torch
 
 import ganforge
-from ganforge.checkpoint import flatten_state, load_module, load_tensors, module_tensors, save_tensors, unflatten_state
-from ganforge.config import RunConfig, from_dict, to_dict
+from ganforge.checkpoint import (
+    flatten_state,
+    load_meta,
+    load_module,
+    load_tensors,
+    module_tensors,
+    save_tensors,
+    unflatten_state,
+)
+from ganforge.config import RUNTIME_KEY, RunConfig, from_dict, to_dict
 from ganforge.errors import CheckpointError, ConfigError
 from ganforge.objectives import Batch
 from ganforge.training.step import DiscriminatorAugment, Networks, NoiseSource, StepStats
@@ -187,6 +196,13 @@ def rng_untouched(device: torch.device) -> Iterator[None]:
         yield
     random.setstate(python_state)
     np.random.set_state(numpy_state)
+
+
+def runtime_of(checkpoint: Path) -> dict[str, Any] | None:
+    """The run-time choices (kernels, precision and why) a training checkpoint recorded, or None (older ones)."""
+    meta, _ = load_meta(checkpoint)
+    runtime = meta.get(RUNTIME_KEY)
+    return runtime if isinstance(runtime, dict) else None
 
 
 def load_resume_config(resume: Path) -> tuple[Path, RunConfig]:

@@ -1,0 +1,132 @@
+"""Short timed probes of a run's own training step: the measurements behind choices that rules make badly.
+
+``time_variants`` trains deep copies of the placed networks (with optimisers of the run's kind, their own
+noise stream and one synthetic batch of the run's shape) for a few steps per variant, interleaved, and
+returns each variant's fastest step time. The run itself is untouched: its networks and optimiser states
+are not used, every global RNG stream is restored afterwards (``rng_untouched``), and the steps run at
+the thread count already chosen. Under torchrun the ranks' times are averaged, so all ranks choose alike.
+
+The fastest of a few interleaved repeats, not the mean: on a shared machine another process only ever
+makes a step slower, so the minimum is the cleanest view of what the kernels cost.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ganforge.config import RunConfig
+from ganforge.objectives import get_objective
+from ganforge.training.distributed import DistContext
+from ganforge.training.state import rng_untouched
+from ganforge.training.step import Networks, NoiseSource, TrainStep
+
+PROBE_BUDGET_S = 0.4  # timed rounds stop once this much has passed (the warm-up steps come on top)
+MAX_ROUNDS = 3
+MIN_ROUND_S = 0.02  # a round repeats a fast step until it lasts this long, so the clock's noise is small
+
+OptimizerFactory = Callable[[nn.Module, nn.Module], tuple[torch.optim.Optimizer, torch.optim.Optimizer]]
+
+
+@dataclass
+class Variant:
+    """One way to run the step: a precision, a change of kernels on the copies, TF32 on CUDA."""
+
+    autocast: torch.dtype | None = None
+    prepare: Callable[[nn.Module, nn.Module], object] | None = None  # applied to the copies (e.g. oneDNN Linear)
+    tf32: bool = False  # CUDA: fp32 matmuls on TF32 tensor cores while this variant runs
+
+
+def time_variants(
+    cfg: RunConfig,
+    ctx: DistContext,
+    generator: nn.Module,
+    discriminator: nn.Module,
+    per_sample: bool,
+    make_optimizers: OptimizerFactory,
+    variants: dict[str, Variant],
+    budget_s: float = PROBE_BUDGET_S,
+) -> dict[str, float]:
+    """Seconds per training step of each variant (the fastest of its rounds); see the module docstring."""
+    device = ctx.device
+    objective = get_objective(cfg.loss.name)
+    with rng_untouched(device):
+        steps = {
+            name: _copied_step(cfg, device, generator, discriminator, per_sample, make_optimizers, variant, objective)
+            for name, variant in variants.items()
+        }
+        x_real, y_real = _synthetic_batch(cfg, ctx)
+        repeats = {}
+        for name, step in steps.items():
+            _run(step, variants[name], x_real, y_real, 1, device)  # untimed: oneDNN/cuDNN build their kernels
+            estimate = _run(step, variants[name], x_real, y_real, 1, device)
+            repeats[name] = max(1, min(20, math.ceil(MIN_ROUND_S / max(estimate, 1e-6))))
+        best = {name: math.inf for name in steps}
+        start = time.perf_counter()
+        for _ in range(MAX_ROUNDS):
+            for name, step in steps.items():
+                best[name] = min(best[name], _run(step, variants[name], x_real, y_real, repeats[name], device))
+            if time.perf_counter() - start > budget_s:
+                break
+    names = list(best)
+    times = ctx.mean(torch.tensor([best[n] for n in names], dtype=torch.float64, device=device)).tolist()
+    return dict(zip(names, times))
+
+
+def _copied_step(
+    cfg: RunConfig,
+    device: torch.device,
+    generator: nn.Module,
+    discriminator: nn.Module,
+    per_sample: bool,
+    make_optimizers: OptimizerFactory,
+    variant: Variant,
+    objective,
+) -> TrainStep:
+    g, d = copy.deepcopy(generator), copy.deepcopy(discriminator)
+    if variant.prepare is not None:
+        variant.prepare(g, d)
+    opt_g, opt_d = make_optimizers(g, d)
+    ema = copy.deepcopy(g).requires_grad_(False) if cfg.train.ema_decay > 0 else None
+    nets = Networks(g, d, g, d, d, opt_g, opt_d, ema, per_sample)
+    alone = DistContext(device=device)  # the copies train in this process only: no collectives
+    noise = NoiseSource(cfg.model.latent_dim, cfg.model.num_classes, 0, alone)
+    return TrainStep(nets, objective, cfg.train, noise, alone, variant.autocast)
+
+
+def _synthetic_batch(cfg: RunConfig, ctx: DistContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A batch of this rank's shape, values in [-1, 1] (timing does not depend on the pixels)."""
+    shard = ctx.shard(cfg.train.batch_size)
+    b, model = shard.stop - shard.start, cfg.model
+    rng = torch.Generator().manual_seed(0)
+    x = torch.rand(b, model.channels, model.resolution, model.resolution, generator=rng) * 2 - 1  # [b, C, H, W]
+    y = torch.randint(model.num_classes, (b,), generator=rng) if model.num_classes > 0 else None  # [b]
+    return x.to(ctx.device), None if y is None else y.to(ctx.device)
+
+
+def _run(
+    step: TrainStep, variant: Variant, x: torch.Tensor, y: torch.Tensor | None, repeats: int, device: torch.device
+) -> float:
+    """Seconds per step over ``repeats`` steps (batch indices counting on, so d_every/g_every cycles show)."""
+    previous_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = variant.tf32 if device.type == "cuda" else previous_tf32
+    try:
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            step(x, y, step.step_count, x.shape[0])
+        _sync(device)
+        return (time.perf_counter() - start) / repeats
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous_tf32
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -41,6 +41,15 @@ LAUNCH_TIMEOUT = 180  # seconds; a hang fails the test instead of the CI job
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def same_kernels_everywhere():
+    """1-process and 2-process runs compared to rounding must use the same Linear kernel: the choice is
+    otherwise timed on each run's machine (and its load), and BLAS and oneDNN round differently."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GANFORGE_CPU_LINEAR", "blas")
+        yield
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

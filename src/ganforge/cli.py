@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="train.device: auto, cpu, cuda, cuda:N, mps")
     train.add_argument("--precision", help="train.precision: fp32 or bf16")
     train.add_argument("--compile", action="store_true", default=None, help="train.compile: torch.compile")
+    train.add_argument(
+        "--init-g", help="train.init_g: start G from these weights (checkpoint, export or original .pth)"
+    )
+    train.add_argument("--init-d", help="train.init_d: start D from these weights")
     train.add_argument("--out", type=Path, help="run directory (default runs/<recipe>-<time>)")
     train.add_argument("--resume", type=Path, help="continue a run: its directory or a checkpoint file")
     train.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
@@ -161,6 +165,8 @@ CLI_FIELDS = {
     "device": "train.device",
     "precision": "train.precision",
     "compile": "train.compile",
+    "init_g": "train.init_g",
+    "init_d": "train.init_d",
 }
 
 

@@ -110,6 +110,10 @@ class TrainConfig:
     # every step draws batch_size noise vectors, also for an epoch's short last batch (mnist-mlp-bn's Keras
     # original); off: as many as there are real images
     full_noise_batch: bool = False
+    # start from given weights (a ganforge checkpoint or export, or an original script's .pth), with fresh
+    # optimisers: fine-tuning a generator trained on a larger, related dataset
+    init_g: str = ""
+    init_d: str = ""
     ema_rampup: bool = False  # EMA decay (1 + t) / (10 + t) until it reaches ema_decay (early EMAs follow G)
     freeze_d_layers: int = 0  # FreezeD: D's first N blocks keep their (given) weights when fine-tuning
     sync_batchnorm: bool = False  # distributed runs: BatchNorm statistics over the global batch

@@ -337,7 +337,9 @@ def same_results_at_any_thread_count(generator: nn.Module, discriminator: nn.Mod
             runs.append([out.detach(), both.detach()] + [p.grad for p in (*g.parameters(), *d.parameters())])
     finally:
         torch.set_num_threads(before)
-    return all(torch.equal(a, b) for run in runs[1:] for a, b in zip(runs[0], run, strict=True))
+    same = [a is b is None or (a is not None and b is not None and torch.equal(a, b))  # frozen params: no grad
+            for run in runs[1:] for a, b in zip(runs[0], run, strict=True)]  # fmt: skip
+    return all(same)
 
 
 class ThreadTuner:

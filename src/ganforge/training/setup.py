@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,7 @@ from torch import nn
 
 from ganforge.config import RunConfig
 from ganforge.errors import ConfigError
-from ganforge.models import build_models
+from ganforge.models import build_models, freeze_discriminator_blocks
 from ganforge.training.distributed import DistContext, convert_sync_batchnorm
 from ganforge.training.fastpath import (
     CHANNELS_LAST_ENV,
@@ -98,6 +100,10 @@ def build_setup(cfg: RunConfig, ctx: DistContext, previous: dict[str, Any] | Non
         generator = convert_sync_batchnorm(generator, ctx.device)
         discriminator = convert_sync_batchnorm(discriminator, ctx.device)
     kernels = _Kernels()
+    if cfg.train.init_g or cfg.train.init_d:
+        kernels.choices["init"] = load_initial_weights(cfg, generator, discriminator)
+    if cfg.train.freeze_d_layers:  # FreezeD: their parameters stay out of D's optimiser
+        freeze_discriminator_blocks(discriminator, cfg.train.freeze_d_layers)
     generator, discriminator = _choose_kernels(cfg, ctx, generator, discriminator, previous or {}, kernels)
     ema = copy.deepcopy(generator).eval().requires_grad_(False) if cfg.train.ema_decay > 0 else None
     opt_g, opt_d = _optimizers(cfg, ctx.device, generator, discriminator, kernels.channels_last)
@@ -106,6 +112,19 @@ def build_setup(cfg: RunConfig, ctx: DistContext, previous: dict[str, Any] | Non
         generator, discriminator, g_called, d_called, d_for_g, opt_g, opt_d, ema, _per_sample(generator, discriminator)
     )
     return Setup(nets, kernels.channels_last, kernels.thread_tuner, kernels.choices, kernels.warnings)
+
+
+def load_initial_weights(cfg: RunConfig, generator: nn.Module, discriminator: nn.Module) -> dict[str, Any]:
+    """train.init_g / init_d into the fresh networks; returns each source's path and sha256 for the record."""
+    from ganforge.export.reference import load_reference_state_dict
+
+    sources = {}
+    for which, path, module in (("g", cfg.train.init_g, generator), ("d", cfg.train.init_d, discriminator)):
+        if path:
+            load_reference_state_dict(path, module, cfg.recipe, which)
+            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            sources[which] = {"path": str(Path(path).resolve()), "sha256": digest}
+    return sources
 
 
 @dataclass

@@ -252,7 +252,10 @@ def worker_peak(args: argparse.Namespace) -> dict:
                     fn = functools.partial(torch.mm, a, b)
                 else:
                     fn = functools.partial(torch.ops.mkldnn._linear_pointwise, a, b, None, "none", [], "")
-                fn()
+                try:
+                    fn()
+                except RuntimeError:  # oneDNN has no bf16 matmul for CPUs without AVX512_BF16/AMX (AVX2)
+                    break
                 reps = max(1, int(1e10 // (2 * n**3))) if device.type == "cpu" else 20
                 for _ in range(3):
                     _sync(device)
@@ -261,7 +264,8 @@ def worker_peak(args: argparse.Namespace) -> dict:
                         fn()
                     _sync(device)
                     best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
-            out[f"{name}_{lib}"] = best
+            if best > 0:
+                out[f"{name}_{lib}"] = best
         out[name] = max(v for k, v in out.items() if k.startswith(name + "_"))
     return out
 

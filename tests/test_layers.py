@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ganforge"
 # top-level component of ganforge -> layer (lower layers never import higher ones)
 LAYERS = {
     "errors": 0,
+    "extras": 0,
     "registry": 0,
     "config": 0,
     "checkpoint": 1,

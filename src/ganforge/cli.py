@@ -210,16 +210,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from ganforge.checkpoint import check_output_space
     from ganforge.errors import ConfigError
-    from ganforge.sampling import (
-        generate_top_k,
-        interpolation_noise,
-        load_generator,
-        per_class_grid_inputs,
-        save_gif,
-        save_grid,
-        save_images,
-        save_npz,
-    )
+    from ganforge.sampling import load_generator
 
     generator = load_generator(args.checkpoint, args.device, ema=not args.no_ema)
     cfg = generator.config
@@ -242,6 +233,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     image_bytes = generator.channels * generator.resolution**2
     # before any sampling: the output folder must take about the raw size of the images
     check_output_space(out if as_dir else out.parent, count * image_bytes, "--out folder")
+    images, labels, scores, nrow = _generate_images(generator, args, num, top_k, per_row)
+    _write_generated(out, as_dir, images, labels, scores, nrow)
+    return 0
+
+
+def _generate_images(generator, args: argparse.Namespace, num: int, top_k: int, per_row: int) -> tuple:
+    """The images ``generate`` asked for: an interpolation, a per-class grid, the top-k or plain samples."""
+    from ganforge.errors import ConfigError
+    from ganforge.sampling import generate_top_k, interpolation_noise, per_class_grid_inputs
+
     scores = None
     labels = None if args.class_index is None else generator.labels_for(num, args.class_index)
     nrow = args.nrow
@@ -257,7 +258,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         images = generator.images(z, labels, args.batch_size)
         nrow = per_row
     elif top_k > 0:
-        candidates = args.candidates or max(cfg.sample.candidates, top_k)
+        candidates = args.candidates or max(generator.config.sample.candidates, top_k)
         if labels is not None:  # one label per candidate
             labels = generator.labels_for(candidates, args.class_index)
         images, labels, scores = generate_top_k(
@@ -265,6 +266,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
     else:
         images, labels = generator.sample_with_labels(num, labels, args.seed, args.truncation, args.batch_size)
+    return images, labels, scores, nrow
+
+
+def _write_generated(out: Path, as_dir: bool, images, labels, scores, nrow: int | None) -> None:
+    """Write what ``generate`` made in the form ``--out`` names: a folder, an .npz, a .gif or a grid .png."""
+    from ganforge.sampling import save_gif, save_grid, save_images, save_npz
 
     if as_dir:
         paths = save_images(images, out, labels)
@@ -278,7 +285,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         save_grid(images, out, nrow=nrow or 8)
         print(f"wrote a grid of {images.shape[0]} images to {out}")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

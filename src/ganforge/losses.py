@@ -5,11 +5,10 @@ probability. We keep the same maths but work in logit space:
 ``-log sigmoid(l) = softplus(-l)`` and ``-log(1 - sigmoid(l)) = softplus(l)``,
 which stays finite for any logit (BCELoss clamps log at -100 and loses gradient).
 
-Each objective is registered under the name recipes use (``loss.name``) and has a
-discriminator loss ``d_loss(logits_real, logits_fake)`` and a generator loss
-``g_loss(logits_fake)``; both return a scalar mean over the batch.
-
-Beyond the registered BCE pair, this module holds the building blocks of the modern objectives
+Every adversarial term returns a scalar mean over the batch. The objectives that recipes name
+(``loss.name``) are registered in ``ganforge.objectives``, which composes these terms; this module
+holds the terms only: BCE's discriminator loss and its two generator losses, the building blocks of
+the modern objectives
 (hinge, least squares, Wasserstein, R3GAN's relativistic pairing) and the gradient penalties
 (R1, R2, WGAN-GP). They are pure functions: the adversarial terms take logits, the penalties take a
 ``critic(x, labels) -> logits [B]`` callable (the discriminator with whatever augmentation and
@@ -21,22 +20,9 @@ weights (gamma, lambda).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-from ganforge.registry import Registry
-
-
-@dataclass(frozen=True)
-class GanLoss:
-    d_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    g_loss: Callable[[torch.Tensor], torch.Tensor]
-    description: str
-
-
-LOSSES: Registry[GanLoss] = Registry("loss")
 
 
 def bce_discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
@@ -59,14 +45,6 @@ def saturating_generator_loss(logits_fake: torch.Tensor) -> torch.Tensor:
     non-saturating form is the default); kept for study and comparison.
     """
     return -F.softplus(logits_fake).mean()
-
-
-LOSSES.register("bce")(
-    GanLoss(bce_discriminator_loss, nonsaturating_generator_loss, "BCE, non-saturating G loss -log D(G(z))")
-)
-LOSSES.register("bce-saturating")(
-    GanLoss(bce_discriminator_loss, saturating_generator_loss, "BCE, minimax G loss log(1 - D(G(z)))")
-)
 
 
 # The critic a penalty differentiates: images [B, C, H, W] (and labels [B] or None) -> logits [B].

@@ -13,7 +13,6 @@ flattened config as hyper-parameters (the HPARAMS tab).
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ganforge.errors import GanforgeError
+from ganforge import extras
 
 EVENTS_DIR = "tensorboard"
 # record keys written as scalars, by record kind (eval records: every numeric key that is a metric)
@@ -31,8 +30,7 @@ EVAL_BOOKKEEPING = {"step", "epoch", "epoch_progress", "time_s", "tracked_lower_
 
 def check_available() -> None:
     """Fail with the one-line fix if TensorBoard is not installed (call before training starts)."""
-    if importlib.util.find_spec("tensorboard") is None:
-        raise GanforgeError("train.tensorboard=true needs TensorBoard: pip install ganforge[tensorboard]")
+    extras.require("tensorboard", "train.tensorboard=true")
 
 
 def flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:

@@ -112,35 +112,8 @@ def scan_folder(cfg: DataConfig, check_headers: bool = False) -> FolderScan:
     if not root.is_dir():
         raise DataError(f"--data-root {root} is a file, not a folder: point it at the folder that holds the images")
     mode = "none" if cfg.labels == "auto" else cfg.labels
-    csv_path = None
-    if mode == "csv":
-        if not cfg.label_csv or not cfg.label_column:
-            raise ConfigError(
-                "data.labels=csv needs data.label_csv and data.label_column "
-                "(e.g. --set data.label_csv=tags.csv --set data.label_column=hair)"
-            )
-        csv_path = Path(cfg.label_csv).expanduser()
-        csv_path = (csv_path if csv_path.is_absolute() else root / csv_path).resolve()
-
-    images: list[Path] = []
-    unsupported: list[Path] = []
-    others: list[Path] = []
-    for path in _walk(root):
-        suffix = path.suffix.lower()
-        (
-            images if suffix in IMAGE_EXTENSIONS else unsupported if suffix in UNSUPPORTED_IMAGE_EXTENSIONS else others
-        ).append(path)
-    images.sort(key=lambda p: p.relative_to(root).as_posix())
-    if others:
-        logger.info("%s: ignored %d files that are not images (e.g. %s)", root, len(others), others[0].name)
-    if not images:
-        kinds = sorted({p.suffix.lower() or p.name for p in others + unsupported})
-        listed = ", ".join(kinds[:5]) + (", ..." if len(kinds) > 5 else "")
-        found = f" (it holds {len(others) + len(unsupported)} other files: {listed})" if kinds else " (it is empty)"
-        raise DataError(
-            f"no images in {root}{found}: put .jpg/.png files in it (sub-folders are searched) "
-            "or point --data-root at another folder"
-        )
+    csv_path = _label_csv_path(cfg, root) if mode == "csv" else None
+    images, unsupported = _list_images(root)
     skipped = sorted(f"{p.relative_to(root).as_posix()} (unsupported format {p.suffix.lower()})" for p in unsupported)
     scan = FolderScan(root, images, None, [], csv_path, skipped)
     if check_headers:
@@ -161,6 +134,44 @@ def scan_folder(cfg: DataConfig, check_headers: bool = False) -> FolderScan:
         if scan.labels is not None:
             scan.labels = scan.labels[: cfg.max_images]
     return scan
+
+
+def _label_csv_path(cfg: DataConfig, root: Path) -> Path:
+    """``data.label_csv``, relative to the image folder unless absolute."""
+    if not cfg.label_csv or not cfg.label_column:
+        raise ConfigError(
+            "data.labels=csv needs data.label_csv and data.label_column "
+            "(e.g. --set data.label_csv=tags.csv --set data.label_column=hair)"
+        )
+    csv_path = Path(cfg.label_csv).expanduser()
+    return (csv_path if csv_path.is_absolute() else root / csv_path).resolve()
+
+
+def _list_images(root: Path) -> tuple[list[Path], list[Path]]:
+    """The image files under ``root`` in a stable order, and the image-like ones PIL cannot read.
+
+    Files that are clearly not images (a tags.csv, a README) are ignored quietly.
+    """
+    images: list[Path] = []
+    unsupported: list[Path] = []
+    others: list[Path] = []
+    for path in _walk(root):
+        suffix = path.suffix.lower()
+        (
+            images if suffix in IMAGE_EXTENSIONS else unsupported if suffix in UNSUPPORTED_IMAGE_EXTENSIONS else others
+        ).append(path)
+    images.sort(key=lambda p: p.relative_to(root).as_posix())
+    if others:
+        logger.info("%s: ignored %d files that are not images (e.g. %s)", root, len(others), others[0].name)
+    if not images:
+        kinds = sorted({p.suffix.lower() or p.name for p in others + unsupported})
+        listed = ", ".join(kinds[:5]) + (", ..." if len(kinds) > 5 else "")
+        found = f" (it holds {len(others) + len(unsupported)} other files: {listed})" if kinds else " (it is empty)"
+        raise DataError(
+            f"no images in {root}{found}: put .jpg/.png files in it (sub-folders are searched) "
+            "or point --data-root at another folder"
+        )
+    return images, unsupported
 
 
 def _drop_unidentified(scan: FolderScan) -> None:

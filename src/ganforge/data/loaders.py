@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from ganforge.config import RunConfig
+from ganforge.config import DataConfig, RunConfig
 from ganforge.data.core import ImageData, affine_from_stats, warn_skipped, warn_unlabelled
 from ganforge.data.folder import FolderScan, decode_image, scan_folder
 from ganforge.data.sources import dataset_fingerprint, load_dataset
@@ -365,21 +365,8 @@ def make_loader(
             f"data.in_memory=off streams image files, which only image-folder has; {d.dataset} always fits "
             "in memory: use --set data.in_memory=auto"
         )
-    scan = None
     if mode == "auto" and d.dataset == "image-folder":
-        scan = scan_folder(d, check_headers=False)
-        n = len(scan.files) if d.max_images <= 0 else min(d.max_images, len(scan.files))
-        need, budget = n * channels * resolution * resolution, memory_budget()
-        mode = "on" if need <= budget else "off"
-        logger.info(
-            "%s: %d images need %.2f GiB as uint8 (budget %.2f GiB): %s",
-            scan.root,
-            n,
-            need / GiB,
-            budget / GiB,
-            "in memory" if mode == "on" else "streaming from disk",
-        )
-        scan = None  # the streaming path re-scans with header checks
+        mode = _memory_mode_for_folder(d, channels, resolution)
     common = dict(
         mean=d.mean,
         std=d.std,
@@ -410,12 +397,34 @@ def make_loader(
     else:
         data = load_dataset(d, channels, resolution)
         loader = InMemoryLoader(data, cfg.train.batch_size, device, **common)
+    _check_num_classes(cfg, loader)
+    return loader
+
+
+def _memory_mode_for_folder(d: DataConfig, channels: int, resolution: int) -> str:
+    """``on`` when the folder's images fit the memory budget as uint8, else ``off`` (stream from disk)."""
+    scan = scan_folder(d, check_headers=False)  # the streaming path re-scans with header checks
+    n = len(scan.files) if d.max_images <= 0 else min(d.max_images, len(scan.files))
+    need, budget = n * channels * resolution * resolution, memory_budget()
+    mode = "on" if need <= budget else "off"
+    logger.info(
+        "%s: %d images need %.2f GiB as uint8 (budget %.2f GiB): %s",
+        scan.root,
+        n,
+        need / GiB,
+        budget / GiB,
+        "in memory" if mode == "on" else "streaming from disk",
+    )
+    return mode
+
+
+def _check_num_classes(cfg: RunConfig, loader: BatchLoader) -> None:
+    """A conditional model needs exactly as many classes as the data has."""
     wanted = cfg.model.num_classes
     if wanted > 0 and loader.num_classes != wanted:
         have = f"{loader.num_classes} classes" if loader.num_classes else "no labels"
         raise ConfigError(
-            f"model.num_classes={wanted} but {loader.name} has {have} (data.labels={d.labels}): "
+            f"model.num_classes={wanted} but {loader.name} has {have} (data.labels={cfg.data.labels}): "
             f"set --set model.num_classes={loader.num_classes}"
             + ("" if loader.num_classes else " or give the data labels (data.labels=subfolders|csv)")
         )
-    return loader

@@ -24,6 +24,7 @@ import torch
 import ganforge
 from ganforge.config import RunConfig, to_dict
 from ganforge.errors import GanforgeError
+from ganforge.export.onnx_export import require_onnx
 from ganforge.rundir import RunDir
 from ganforge.sampling import TrainedGenerator
 
@@ -178,9 +179,7 @@ def build_card(generator: TrainedGenerator, export: dict[str, Any], fmt: str, wh
     train_meta = training_meta(generator)
     versions = {"ganforge": ganforge.__version__, "torch": torch.__version__, "python": platform.python_version()}
     if fmt == "onnx":
-        import onnx
-        import onnxruntime
-
+        onnx, onnxruntime = require_onnx()
         versions.update(onnx=onnx.__version__, onnxruntime=onnxruntime.__version__)
     return {
         "format": CARD_FORMAT,

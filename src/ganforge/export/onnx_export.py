@@ -17,22 +17,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from ganforge import extras
 from ganforge.errors import ExportError
 from ganforge.export.core import checked_trace, compare_outputs, example_inputs, input_names, op_error, output_name
 
 OPSET = 17
-EXTRA = "pip install 'ganforge[export]'"
 
 
 def require_onnx() -> tuple[ModuleType, ModuleType]:
     """(onnx, onnxruntime), or a one-line ``ExportError`` naming the extra that installs them."""
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError as exc:
-        raise ExportError(
-            f"ONNX export needs the onnx and onnxruntime packages ({exc.name or 'one'} is not installed): {EXTRA}"
-        ) from None
+    onnx, onnxruntime = extras.require("export", "ONNX export", ExportError, load=True)
     return onnx, onnxruntime
 
 

@@ -207,11 +207,10 @@ def _check_outputs(json_path: Path | None, use_cache: bool) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ganforge.config import DataConfig
     from ganforge.data import load_dataset
-    from ganforge.metrics import evaluator as ev
     from ganforge.metrics.core import parse_metric_list
-    from ganforge.metrics.tracker import evaluate_detailed, split_halves, subset_index
+    from ganforge.metrics.extractors import ExtractorRequest, build_extractor
+    from ganforge.metrics.tracker import evaluate_detailed
 
     if args.noise and args.real_vs_real:
         raise ConfigError("choose one of --noise and --real-vs-real")
@@ -219,64 +218,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("give a run directory or checkpoint to evaluate (or --noise / --real-vs-real --dataset NAME)")
     device = _device(args.device)
     metric_text = args.metrics.split(",")
-    wants_fid = any(m.strip().lower() == "fid" for m in metric_text)
     metrics = parse_metric_list(metric_text)
-
-    gan = None
-    if args.checkpoint is not None:
-        from ganforge.sampling import load_gan
-
-        gan = load_gan(args.checkpoint, device)
-        cfg = gan.config
-        data_cfg = _data_config(cfg.data, args)
-        channels, resolution = ev.real_shape_for_evaluation(data_cfg.dataset, cfg.model.channels, cfg.model.resolution)
-        extractor = args.extractor or cfg.eval.extractor
-    else:
-        if not args.dataset:
-            raise ConfigError("--noise/--real-vs-real without a checkpoint need --dataset NAME (e.g. mnist)")
-        data_cfg = _data_config(DataConfig(dataset=args.dataset), args)
-        channels, resolution = ev.default_shape(args.dataset)
-        extractor = args.extractor or "auto"
-    channels, resolution = args.channels or channels, args.resolution or resolution
-    if wants_fid:
-        if args.extractor and args.extractor != "inception":
-            raise ConfigError("fid is InceptionV3's FD: use --metrics fd with a classifier, or --extractor inception")
-        extractor = "inception"
+    gan, data_cfg, channels, resolution, extractor = _evaluation_target(args, device, metric_text)
 
     json_path = args.json or (_default_json(args.checkpoint) if args.checkpoint is not None else None)
     _check_outputs(json_path, use_cache=not args.no_cache)
     real = load_dataset(data_cfg, channels, resolution)
     # the extractor first: an evaluator that has to be trained (and stored) is checked and trained before sampling
     label_source = f"csv column {data_cfg.label_column}" if data_cfg.labels == "csv" else ""
-    from ganforge.metrics.extractors import ExtractorRequest, build_extractor
-
     request = ExtractorRequest(real=real, device=device, inception_weights=args.inception_weights,
                                hflip=data_cfg.hflip, label_source=label_source, log=_log,
                                data_cfg=data_cfg)  # fmt: skip
     built = build_extractor(extractor, request)
     num = args.num if args.num is not None else default_num(data_cfg.dataset)
-    real_index = None
-    if args.real_vs_real:
-        real_index, other = split_halves(len(real), num, args.seed)
-        if len(other) < 4:
-            raise ConfigError(f"{real.name} has {len(real)} images: too few for two halves")
-        fake_images = real.images[other]
-        fake_labels = None if real.labels is None else real.labels[other]
-        source = "real-vs-real"
-    elif args.noise:
-        gen = torch.Generator().manual_seed(args.seed)
-        fake_images = torch.randint(0, 256, (num, channels, resolution, resolution), generator=gen, dtype=torch.uint8)
-        # Uniform labels make conditional accuracy's chance level visible (1 / classes).
-        fake_labels = torch.randint(real.num_classes, (num,), generator=gen) if real.num_classes else None
-        source = "uniform-noise"
-    else:
-        from ganforge.sampling import generate_images
-
-        assert gan is not None
-        fake_images, fake_labels = generate_images(gan, num, seed=args.seed, batch_size=args.batch_size)
-        source = str(gan.source)
-    if real_index is None:
-        real_index = subset_index(len(real), num, args.seed)
+    fake_images, fake_labels, source, real_index = _images_to_score(args, real, gan, num, channels, resolution)
 
     out = evaluate_detailed(
         real, fake_images, fake_labels, metrics, built, device,
@@ -302,6 +257,63 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         _write_json(json_path, payload)
         print(f"wrote {json_path}")
     return 0
+
+
+def _evaluation_target(args: argparse.Namespace, device: torch.device, metric_text: list[str]) -> tuple:
+    """What ``evaluate`` scores against what: (gan or None, data config, channels, resolution, extractor)."""
+    from ganforge.config import DataConfig
+    from ganforge.metrics import evaluator as ev
+
+    gan = None
+    if args.checkpoint is not None:
+        from ganforge.sampling import load_gan
+
+        gan = load_gan(args.checkpoint, device)
+        cfg = gan.config
+        data_cfg = _data_config(cfg.data, args)
+        channels, resolution = ev.real_shape_for_evaluation(data_cfg.dataset, cfg.model.channels, cfg.model.resolution)
+        extractor = args.extractor or cfg.eval.extractor
+    else:
+        if not args.dataset:
+            raise ConfigError("--noise/--real-vs-real without a checkpoint need --dataset NAME (e.g. mnist)")
+        data_cfg = _data_config(DataConfig(dataset=args.dataset), args)
+        channels, resolution = ev.default_shape(args.dataset)
+        extractor = args.extractor or "auto"
+    channels, resolution = args.channels or channels, args.resolution or resolution
+    if any(m.strip().lower() == "fid" for m in metric_text):
+        if args.extractor and args.extractor != "inception":
+            raise ConfigError("fid is InceptionV3's FD: use --metrics fd with a classifier, or --extractor inception")
+        extractor = "inception"
+    return gan, data_cfg, channels, resolution, extractor
+
+
+def _images_to_score(args: argparse.Namespace, real, gan, num: int, channels: int, resolution: int) -> tuple:
+    """(images, labels, source name, index of the real images to compare with) for the three modes."""
+    from ganforge.metrics.tracker import split_halves, subset_index
+
+    real_index = None
+    if args.real_vs_real:
+        real_index, other = split_halves(len(real), num, args.seed)
+        if len(other) < 4:
+            raise ConfigError(f"{real.name} has {len(real)} images: too few for two halves")
+        fake_images = real.images[other]
+        fake_labels = None if real.labels is None else real.labels[other]
+        source = "real-vs-real"
+    elif args.noise:
+        gen = torch.Generator().manual_seed(args.seed)
+        fake_images = torch.randint(0, 256, (num, channels, resolution, resolution), generator=gen, dtype=torch.uint8)
+        # Uniform labels make conditional accuracy's chance level visible (1 / classes).
+        fake_labels = torch.randint(real.num_classes, (num,), generator=gen) if real.num_classes else None
+        source = "uniform-noise"
+    else:
+        from ganforge.sampling import generate_images
+
+        assert gan is not None
+        fake_images, fake_labels = generate_images(gan, num, seed=args.seed, batch_size=args.batch_size)
+        source = str(gan.source)
+    if real_index is None:
+        real_index = subset_index(len(real), num, args.seed)
+    return fake_images, fake_labels, source, real_index
 
 
 def cmd_train_evaluator(args: argparse.Namespace) -> int:

@@ -322,26 +322,8 @@ def fit_evaluator(
         # channels_last: the convolutions run ~1.5x faster on CPU (oneDNN) and no slower on GPU.
         net = build_net(arch).to(device, memory_format=torch.channels_last)
         gen = torch.Generator().manual_seed(seed + 1)
-        steps_per_epoch = math.ceil(len(train_idx) / batch_size)
-        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
         start = time.perf_counter()
-        for epoch in range(epochs):
-            net.train()
-            order = train_idx[torch.randperm(len(train_idx), generator=gen)]  # [n_train]
-            total = 0.0
-            for i in range(0, len(order), batch_size):
-                b = order[i : i + batch_size]
-                x = prepare_images(images[b].to(device), size, channels)  # [B, C, S, S]
-                x = _augment(x, hflip, gen).contiguous(memory_format=torch.channels_last)
-                loss = F.cross_entropy(net(x)[1], labels[b].to(device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += float(loss.detach()) * len(b)
-            log(f"evaluator epoch {epoch + 1}/{epochs}: loss {total / len(order):.4f} "
-                f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
+        _train_classifier(net, images, labels, train_idx, size, epochs, batch_size, lr, hflip, gen, log)
         seconds = time.perf_counter() - start
     pred = predict(net, images[hold_idx], size, channels, device)
     acc, balanced, majority = _accuracies(pred, labels[hold_idx], num_classes)
@@ -354,6 +336,44 @@ def fit_evaluator(
         arch=arch, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )  # fmt: skip
     return net.eval(), info
+
+
+def _train_classifier(
+    net: EvaluatorNet,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    train_idx: torch.Tensor,
+    size: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    hflip: bool,
+    gen: torch.Generator,
+    log: Callable[[str], None],
+) -> None:
+    """AdamW with a one-cycle schedule over shuffled mini-batches of ``images[train_idx]``, in place."""
+    device = next(net.parameters()).device
+    channels = int(images.shape[1])
+    steps_per_epoch = math.ceil(len(train_idx) / batch_size)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        net.train()
+        order = train_idx[torch.randperm(len(train_idx), generator=gen)]  # [n_train]
+        total = 0.0
+        for i in range(0, len(order), batch_size):
+            b = order[i : i + batch_size]
+            x = prepare_images(images[b].to(device), size, channels)  # [B, C, S, S]
+            x = _augment(x, hflip, gen).contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(net(x)[1], labels[b].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(b)
+        log(f"evaluator epoch {epoch + 1}/{epochs}: loss {total / len(order):.4f} "
+            f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
 
 
 def save_evaluator(net: EvaluatorNet, info: EvaluatorInfo, data: ImageData) -> EvaluatorInfo:

@@ -291,3 +291,46 @@ def test_a_penalty_objective_on_two_processes_equals_one(tmp_path):
     train_here("mnist-mlp", *TINY, *extra, "--max-steps", "3", "--out", tmp_path / "one")
     ok(torchrun("train", "mnist-mlp", *TINY, *QUIET, *extra, "--max-steps", "3", "--out", tmp_path / "two"))
     assert_same_weights(tmp_path / "one", tmp_path / "two", "mnist-mlp", overrides)
+
+
+def test_under_torchrun_only_rank_zero_locks_and_one_ctrl_c_saves_once(tmp_path, capsys):
+    """Issue 12: under torchrun only rank 0 takes the run lock (rank 1 training beside it proves it does not
+    try), a second `train --resume` is refused naming rank 0's PID, and Ctrl-C to the whole job (as a
+    terminal sends it to the process group) saves one checkpoint that both ranks agreed on, once."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    cmd += ["--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "ganforge"]
+    cmd += ["train", "mnist-mlp", "--epochs", "100000", "--out", str(run), *TINY, *QUIET]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                           start_new_session=True)  # fmt: skip
+    latest = run / "checkpoints" / "latest.safetensors"
+    try:
+        deadline = time.time() + LAUNCH_TIMEOUT
+        while not latest.exists() and job.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert job.poll() is None, job.communicate()
+        holder = int((run / ".lock").read_text().split()[0])
+        holder_env = Path(f"/proc/{holder}/environ").read_bytes().split(b"\0")
+        assert b"RANK=0" in holder_env and b"LOCAL_RANK=0" in holder_env  # rank 0's process holds it
+
+        assert main(["train", "--resume", str(run)]) == 2
+        assert f"in use by another ganforge process (PID {holder})" in capsys.readouterr().err
+
+        os.killpg(job.pid, signal.SIGINT)
+        out, err = job.communicate(timeout=LAUNCH_TIMEOUT)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.communicate()
+    assert "Traceback" not in err, err
+    assert out.count(f"Resume with: ganforge train --resume {run}") == 1, out
+    assert "stopped by SIGINT" in out
+    stops = [r for r in records(run) if r["kind"] == "stop"]
+    assert len(stops) == 1 and stops[0]["reason"] == "stopped by SIGINT", stops
+    _, meta, _ = load_tensors(latest)
+    assert meta["state"]["step"] == stops[0]["step"] > 0  # the save is of the step both ranks stopped at
+    assert not list(run.rglob("*.tmp"))
+    assert not (run / ".lock").exists()  # released with the job

@@ -668,3 +668,38 @@ def test_warnings_show_as_one_line_in_the_cli(capsys):
         warnings.warn("something else", UserWarning, 1)
     assert capsys.readouterr().err == "ganforge: warning: three files skipped\n"  # no file:line, no source line
     assert [str(w.message) for w in others] == ["something else"]  # other libraries' warnings: Python's own way
+
+
+# --------------------------------------------------------------------------- divergence without NaN
+
+
+def test_divergence_without_nan_warns_once_in_the_console_and_the_log_or_stops(capsys, tmp_path):
+    """Why 7: Adam at lr 1e4 ran to exit 0 with losses of ~3e20 and not a word. Now the default (warn) says
+    so once on the console and in metrics.jsonl and trains on; on_divergence=stop ends the run with a
+    checkpoint, the resume command and exit 2."""
+    wild = ["--set", "optim.lr_g=1e4", "--set", "optim.lr_d=1e4", "--set", "train.log_every=5", "--epochs", "4"]
+    code, out, err = cli(capsys, "train", "digits-mlp", *wild, "--out", tmp_path / "warn", *DIGITS)
+    assert code == 0, err
+    warnings_printed = [line for line in out.splitlines() if line.startswith("warning: divergence at step")]
+    assert len(warnings_printed) == 1 and "try lower learning rates" in warnings_printed[0], out
+    records = [json.loads(line) for line in (tmp_path / "warn" / "metrics.jsonl").read_text().splitlines()]
+    alarms = [r for r in records if r["kind"] == "alarm"]
+    assert [a["guard"] for a in alarms] == ["divergence"] and alarms[0]["action"] == "warn"
+    assert max(r["step"] for r in records if r["kind"] == "step") > alarms[0]["step"]  # it trained on
+
+    stop = tmp_path / "stop"
+    code, out, err = cli(capsys, "train", "digits-mlp", *wild, "--set", "train.on_divergence=stop", "--out", stop,
+                         *DIGITS)  # fmt: skip
+    assert code == 2 and "Traceback" not in err
+    assert "stopped by the divergence alarm" in out and f"Resume with: ganforge train --resume {stop}" in out
+    assert (stop / "checkpoints" / "latest.safetensors").exists()
+
+
+def test_train_checks_run_directory_space_before_the_first_step(capsys, tmp_path, monkeypatch):
+    from ganforge import checkpoint
+
+    monkeypatch.setattr(checkpoint, "free_bytes", lambda path: 1000)
+    run = tmp_path / "run"
+    user_error(capsys, "train", "digits-mlp", "--out", run, *DIGITS,
+               fragments=("not enough space", "run directory", "1000 B"))  # fmt: skip
+    assert not run.exists()  # nothing trained, nothing left that looks like a run

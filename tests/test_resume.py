@@ -132,38 +132,62 @@ def test_sigint_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
     assert main(["train", "--resume", str(run), "--epochs", str(meta["state"]["epoch"] + 1)]) == 0
 
 
-def test_sigkill_at_any_instant_never_corrupts_latest(tmp_path):
-    """Kill training repeatedly at random instants while it runs (a checkpoint is written every 3
-    steps, so kills land in and around writes); each time `latest` must load and the run resume.
-    The final weights equal those of an uninterrupted run."""
-    epochs = "15"
-    assert main(["train", "mnist-mlp", "--epochs", epochs, "--out", str(tmp_path / "straight"), *TINY]) == 0
+KILLS = 20  # issue 12: at least 20, half of them aimed inside checkpoint writes
+
+
+def _wait_for_a_checkpoint_write(checkpoints: Path, process: subprocess.Popen, deadline: float) -> bool:
+    """Poll until a temporary file of a checkpoint being written appears; False if none did in time."""
+    while process.poll() is None and time.time() < deadline:
+        if checkpoints.is_dir() and any(name.endswith(".tmp") for name in os.listdir(checkpoints)):
+            return True
+        time.sleep(0.0005)
+    return False
+
+
+def _wait_for_a_new_checkpoint(latest: Path, process: subprocess.Popen, deadline: float) -> None:
+    seen = latest.stat().st_mtime_ns if latest.exists() else 0
+    while process.poll() is None and time.time() < deadline:
+        if latest.exists() and latest.stat().st_mtime_ns != seen:
+            return
+        time.sleep(0.01)
+
+
+def test_twenty_sigkills_half_inside_checkpoint_writes_never_corrupt_latest(tmp_path):
+    """SIGKILL training 20 times: every other kill the moment a checkpoint's temporary file appears (so
+    it lands inside the write, before the rename), the others at a random instant after a checkpoint.
+    Each time `latest` must load, and the next start removes the killed writer's temporary. The final
+    weights equal those of an uninterrupted run."""
+    run_args = ["--epochs", "1500", "--set", "train.sample_every=100000"]
+    assert main(["train", "mnist-mlp", *run_args, "--out", str(tmp_path / "straight"), *TINY]) == 0
     run = tmp_path / "killed"
-    latest = run / "checkpoints" / "latest.safetensors"
+    checkpoints = run / "checkpoints"
+    latest = checkpoints / "latest.safetensors"
     rng = random.Random(0)
-    kills = 0
-    for _attempt in range(5):
+    kills, inside_writes = 0, 0
+    for attempt in range(KILLS):
         if latest.exists():
             command = [sys.executable, "-m", "ganforge", "train", "--resume", str(run)]
             process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         else:
-            process = _train_process(run, "--overwrite", "--epochs", epochs)
-        # wait until this process is training (it wrote a checkpoint), then kill it at a random instant
-        seen = latest.stat().st_mtime_ns if latest.exists() else 0
+            process = _train_process(run, "--overwrite", *run_args)
         deadline = time.time() + 60
-        while process.poll() is None and time.time() < deadline:
-            if latest.exists() and latest.stat().st_mtime_ns != seen:
+        if attempt % 2 == 0 and latest.exists():  # aimed: inside a write (the first run has none to keep)
+            if not _wait_for_a_checkpoint_write(checkpoints, process, deadline):
                 break
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.6))
+        else:
+            _wait_for_a_new_checkpoint(latest, process, deadline)
+            time.sleep(rng.uniform(0.0, 0.4))
         if process.poll() is not None:
             break  # it finished before we could kill it
         process.kill()
         process.wait()
         kills += 1
+        inside_writes += any(name.endswith(".tmp") for name in os.listdir(checkpoints))
         load_tensors(latest)  # raises CheckpointError if the kill left it torn
-    assert kills >= 3
+    assert kills == KILLS, f"the run finished after {kills} kills: lengthen it"
+    assert inside_writes >= KILLS // 4, f"only {inside_writes} kills landed inside a checkpoint write"
     assert main(["train", "--resume", str(run)]) == 0
+    assert not [name for name in os.listdir(checkpoints) if name.endswith(".tmp")]  # cleaned on start
     assert_identical_runs(tmp_path / "straight", run)
 
 

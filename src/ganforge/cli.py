@@ -202,8 +202,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         resume_overrides=overrides if checkpoint else None,
     )
-    if result.stopped_early and result.stopped_early.startswith("stopped by"):
-        return 130 if "SIGINT" in result.stopped_early else 143
+    reason = result.stopped_early or ""
+    if reason.startswith("stopped by SIG"):  # the shell's codes for a process ended by SIGINT / SIGTERM
+        return 130 if reason == "stopped by SIGINT" else 143
+    if " alarm (" in reason:  # train.on_divergence/on_collapse=stop: a failed run
+        return 2
     return 0
 
 

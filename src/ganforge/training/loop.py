@@ -131,13 +131,13 @@ class Trainer:
         self._rollback_wanted = False  # an evaluation's collapse alarm asks for best.safetensors back
         self._fresh = resume is None  # a new run directory, which an interrupt before any checkpoint removes
         self.run_dir = RunDir(out) if out is not None else RunDir(run_dir_of(resume))
+        if ctx.is_main:
+            self._check_space()  # before anything is written: a full disk leaves no half-made run
         if resume is not None:
             self._resume(resume, resume_overrides or [])
         elif ctx.is_main:
             self.run_dir.create(overwrite=overwrite)
             self.run_dir.append({"kind": "setup", "step": 0, "runtime": self.runtime})
-        if ctx.is_main:
-            self._check_space()
         self.observers: list[Any] = []  # rank 0: the live report, TensorBoard
         if ctx.is_main:
             self.run_dir.write_config(to_json(cfg, self.runtime) + "\n")  # with what this machine chose

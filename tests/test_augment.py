@@ -292,3 +292,18 @@ def test_training_with_ada_resumes_exactly_and_logs_p(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     p = [r["augment_p"] for r in records if r["kind"] == "step"]
     assert len(p) == 8 and p[-1] > 0
+
+
+def test_an_unknown_augmentation_is_one_line_before_any_data_is_loaded(tmp_path, capsys, monkeypatch):
+    import ganforge.training.loop as loop
+    from ganforge.cli import main
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded before the config was checked")
+
+    monkeypatch.setattr(loop, "make_loader", no_data)
+    args = ["train", "digits-mlp", "--set", "augment.policy=colour,translation", "--out", str(tmp_path / "run")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown augmentation 'colour'" in err[0] and "color" in err[0], err
+    assert not (tmp_path / "run").exists()

@@ -315,6 +315,9 @@ def test_model_card(trained_runs, tmp_path, capsys):
     assert card["data"]["fingerprint"] == dataset_fingerprint(cfg.data, 1, 28) == data.fingerprint
     assert card["data"]["num_images"] == len(data) == 16
     _, meta, _ = load_tensors(run / "checkpoints" / "latest.safetensors")
+    # training recorded the data and the device in the checkpoint; the card reads them, it does not recompute
+    assert meta["data"] == {"fingerprint": data.fingerprint, "num_images": 16} and meta["device"] == "cpu"
+    assert card["data"]["fingerprint_source"] == "recorded by training" and card["training"]["device"] == "cpu"
     training = card["training"]
     assert (
         (training["steps"], training["epochs_completed"]) == (meta["state"]["step"], meta["state"]["epoch"]) == (2, 1)

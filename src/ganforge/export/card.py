@@ -5,9 +5,10 @@ config; the data's fingerprint and image count; steps, epochs, training time and
 best quality metrics with their extractor (``metrics.jsonl``'s eval records); the input/output
 contract; the ganforge and torch versions; the exported file's sha256.
 
-Training does not yet record the data fingerprint in its checkpoints; until it does (``meta["data"]``,
-see ``data_record``), the card recomputes it from ``data.root`` without decoding or downloading, and
-says so (or that the data could not be found).
+Training records the data's fingerprint, its image count and the device in every checkpoint
+(``meta["data"]``, ``meta["device"]``). For checkpoints written before it did, the card recomputes the
+fingerprint from ``data.root`` without decoding or downloading, and says so (or that the data could not
+be found).
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def data_record(cfg: RunConfig, train_meta: dict[str, Any]) -> dict[str, Any]:
         reason = f"not recorded by training, and not recomputable here: {exc}"
         return {**record, "fingerprint": None, "num_images": None, "fingerprint_source": reason}
     record.update(fingerprint=fingerprint, num_images=None)
-    record["fingerprint_source"] = "recomputed at export from data.root (training does not record it)"
+    record["fingerprint_source"] = "recomputed at export from data.root (this checkpoint does not record it)"
     cached = cache_path(fingerprint)
     if cached.is_file():
         from safetensors import safe_open

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ganforge.augment import parse_policy
 from ganforge.checkpoint import check_output_space, format_bytes, free_bytes
 from ganforge.config import RUNTIME_KEY, RunConfig, to_dict, to_json
 from ganforge.data import make_loader
@@ -98,6 +99,7 @@ class Trainer:
     ) -> None:
         self.cfg, self.ctx = cfg, ctx
         self.objective = get_objective(cfg.loss.name, cfg.loss)
+        parse_policy(cfg.augment.policy)  # an unknown augmentation is an error now, not after the data has loaded
         if cfg.train.tensorboard:
             check_tensorboard()  # a missing extra is an error now, not after the data has loaded
         if resume is None:
@@ -453,6 +455,9 @@ class Trainer:
                     extra={
                         RUNTIME_KEY: self.runtime,
                         "guards": {"divergence": self.divergence.state_dict(), "collapse": self.collapse.state_dict()},
+                        # what the model card of an export names: the data it was trained on, and where
+                        "data": {"fingerprint": self.loader.fingerprint, "num_images": self.loader.num_images},
+                        "device": str(self.ctx.device),
                     },
                     augment=self.step.augment,
                 )

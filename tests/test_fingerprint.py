@@ -35,6 +35,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "mnist-quick": ("mnist-quick", ["train.precision=bf16"]),
     "digits-quick": ("digits-quick", ["train.precision=bf16"]),
     "stacked-mnist-dcgan": ("stacked-mnist-dcgan", []),
+    "stacked-mnist-modern": ("stacked-mnist-modern", []),
     "anime-modern": ("anime-modern", []),
     "anime-modern-hair": ("anime-modern-hair", ["data.labels=auto", "model.num_classes=10"]),
     "folder-modern": ("folder-modern", []),

@@ -325,7 +325,8 @@ def test_under_torchrun_only_rank_zero_locks_and_one_ctrl_c_saves_once(tmp_path,
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
             job.communicate()
-    assert "Traceback" not in err, err
+    # torchrun's own agent ends a Ctrl-C with its SignalException traceback; none may come from a rank
+    assert "src/ganforge/" not in err and "site-packages/ganforge/" not in err, err
     assert out.count(f"Resume with: ganforge train --resume {run}") == 1, out
     assert "stopped by SIGINT" in out
     stops = [r for r in records(run) if r["kind"] == "stop"]

@@ -280,6 +280,7 @@ def test_training_with_ada_resumes_exactly_and_logs_p(tmp_path):
     args += ["--set", "train.progress=false", "--set", "augment.policy=color,translation,cutout"]
     args += ["--set", "augment.adaptive=true", "--set", "augment.interval=1", "--set", "augment.speed_images=64"]
     args += ["--set", "train.log_every=1", "--epochs", "2"]
+    args += ["--set", "model.g_width=32", "--set", "model.d_width=32"]  # a D that overfits these 64 images fast
     assert main(["train", *args, "--out", str(tmp_path / "straight")]) == 0
     assert main(["train", *args, "--out", str(tmp_path / "resumed"), "--max-steps", "3"]) == 0
     assert main(["train", "--resume", str(tmp_path / "resumed"), "--set", "train.max_steps=0"]) == 0

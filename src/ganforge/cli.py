@@ -6,6 +6,7 @@ User errors (``GanforgeError``) print one line ``ganforge: error: ...`` and exit
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import textwrap
 from pathlib import Path
@@ -202,12 +203,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         resume_overrides=overrides if checkpoint else None,
     )
-    reason = result.stopped_early or ""
-    if reason.startswith("stopped by SIG"):  # the shell's codes for a process ended by SIGINT / SIGTERM
-        return 130 if reason == "stopped by SIGINT" else 143
-    if " alarm (" in reason:  # train.on_divergence/on_collapse=stop: a failed run
-        return 2
-    return 0
+    if result.signal is not None:  # the shell's codes for a process ended by SIGINT / SIGTERM
+        return 130 if result.signal == signal.SIGINT else 143
+    return 2 if result.alarm else 0  # train.on_divergence/on_collapse=stop ended a failed run
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -60,6 +60,8 @@ class TrainResult:
     run_dir: Path
     state: TrainState
     stopped_early: str | None  # why training stopped before its last epoch, or None
+    signal: int | None = None  # the signal (SIGINT, SIGTERM) that stopped it
+    alarm: bool = False  # an alarm with action stop (train.on_divergence / on_collapse) ended it: a failed run
 
 
 def train(
@@ -257,7 +259,10 @@ class Trainer:
         if stopped is not None and self._latest_step != state.step:  # mid-epoch, or an epoch end that paced it
             self._save_latest()
         self._finish(stopped)
-        return TrainResult(self.run_dir.path, state, stopped)
+        signum = self.stop.signum
+        by_signal = signum is not None and stopped == f"stopped by {signal.Signals(signum).name}"
+        by_alarm = stopped is not None and stopped == self._alarm_stop
+        return TrainResult(self.run_dir.path, state, stopped, signum if by_signal else None, by_alarm)
 
     def _train_one_batch(self, x_real: torch.Tensor, y_real: torch.Tensor | None, window: StepStats) -> None:
         state, batch_size = self.state, self.cfg.train.batch_size

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from time_to_quality import _ganforge, _train_time
+from time_to_quality import _ganforge, train_to_marks
 
 # name -> (recipe, overrides). The ablations each take one piece out of anime-modern.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -72,17 +72,9 @@ def measure_variant(name: str, marks: list[float], args: argparse.Namespace, out
     run, log = out / "runs" / name, out / f"{name}.log"
     sets = [x for s in [*overrides, *args.set] for x in ("--set", s)]
     points = []
-    for i, minutes in enumerate(marks):
-        if i == 0:
-            _ganforge("train", recipe, "--data-root", args.data_root, "--max-time", f"{minutes}", "--out", str(run),
-                      "--overwrite", "--epochs", "1000000", "--set", "train.progress=false", "--set", "eval.every=0",
-                      *sets, log=log)  # fmt: skip
-        else:
-            _ganforge("train", "--resume", str(run), "--max-time", f"{minutes}", log=log)
-        scores = out / f"{name}-{minutes:g}min.json"
-        _ganforge("evaluate", str(run), "--metrics", "fd,pr,coverage", "--num", str(args.num),
-                  "--json", str(scores), log=log)  # fmt: skip
-        seconds, step = _train_time(run)
+    data = ["--data-root", args.data_root]
+    for minutes, scores, seconds, step in train_to_marks(run, log, recipe, data + sets, marks, "fd,pr,coverage",
+                                                          args.num, out):  # fmt: skip
         point = {"variant": name, "mark_min": minutes, "train_s": seconds, "step": step, **_scores(scores)}
         points.append(point)
         print(f"  {name:18s} {seconds / 60:5.1f} min  step {step:6d}  FD {point['fd']:.1f}", flush=True)

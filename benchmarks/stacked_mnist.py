@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from time_to_quality import _ganforge, _train_time
+from time_to_quality import _ganforge, train_to_marks
 
 RECIPES = ["stacked-mnist-dcgan", "stacked-mnist-modern"]
 SUFFIX = "_mnist-classifier-per-channel"
@@ -42,17 +42,8 @@ def measure_recipe(recipe: str, marks: list[float], args: argparse.Namespace, ou
     data = ["--data-root", args.data_root, "--split", args.split]
     extra = [x for s in args.set for x in ("--set", s)]
     points = []
-    for i, minutes in enumerate(marks):
-        if i == 0:
-            _ganforge("train", recipe, *data, "--max-time", f"{minutes}", "--out", str(run), "--overwrite",
-                      "--epochs", "1000000", "--set", "train.progress=false", "--set", "eval.every=0", *extra,
-                      log=log)  # fmt: skip
-        else:
-            _ganforge("train", "--resume", str(run), "--max-time", f"{minutes}", log=log)
-        scores = out / f"{recipe}-{minutes:g}min.json"
-        _ganforge("evaluate", str(run), "--metrics", "modes,fd,coverage", "--num", str(args.num),
-                  "--json", str(scores), log=log)  # fmt: skip
-        seconds, step = _train_time(run)
+    for minutes, scores, seconds, step in train_to_marks(run, log, recipe, data + extra, marks, "modes,fd,coverage",
+                                                          args.num, out):  # fmt: skip
         point = {"recipe": recipe, "mark_min": minutes, "train_s": seconds, "step": step, **_scores(scores)}
         points.append(point)
         print(f"  {recipe:22s} {seconds / 60:5.1f} min  step {step:6d}  modes {point['modes']:5.0f}  "

@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 MNIST_RECIPES = ["mnist-quick", "mnist-mlp", "mnist-mlp-bn", "mnist-conv", "mnist-cgan"]
@@ -48,6 +49,24 @@ def _train_time(run: Path) -> tuple[float, int]:
     """(training seconds, step) at the run's last record."""
     last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     return float(last.get("time_s", 0.0)), int(last.get("step", 0))
+
+
+def train_to_marks(
+    run: Path, log: Path, recipe: str, extra: list[str], marks: list[float], metrics: str, num: int, scores_dir: Path
+) -> Iterator[tuple[float, Path, float, int]]:
+    """Train ``recipe`` (its epoch limit lifted, so the budget ends it) to each training-time mark in turn,
+    resuming between marks, and evaluate at each; yields (mark, scores JSON, training seconds, step).
+    ``extra``: more ``train`` arguments (data, ``--set``), after the fixed ones so they can override them."""
+    for i, minutes in enumerate(marks):
+        if i == 0:
+            _ganforge("train", recipe, "--max-time", f"{minutes}", "--out", str(run), "--overwrite", "--epochs",
+                      "1000000", "--set", "train.progress=false", "--set", "eval.every=0", *extra, log=log)  # fmt: skip
+        else:
+            _ganforge("train", "--resume", str(run), "--max-time", f"{minutes}", log=log)
+        scores = scores_dir / f"{run.name}-{minutes:g}min.json"
+        _ganforge("evaluate", str(run), "--metrics", metrics, "--num", str(num), "--json", str(scores), log=log)
+        seconds, step = _train_time(run)
+        yield minutes, scores, seconds, step
 
 
 def measure_recipe(recipe: str, marks: list[float], args: argparse.Namespace, out: Path) -> list[dict]:

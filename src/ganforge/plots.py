@@ -23,7 +23,9 @@ def plot_training_curves(records: list[dict[str, Any]], path: Path, title: str =
     epochs = [r for r in records if r.get("kind") == "epoch"]
     evals = [r for r in records if r.get("kind") == "eval"]
     panels = 3 if evals else 2
-    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 3.8), constrained_layout=True)
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 3.8))
+    # fixed margins: constrained_layout re-solves the layout on every draw, half of a 0.4 s save
+    fig.subplots_adjust(left=0.17 / panels, right=0.985, bottom=0.13, top=0.86 if title else 0.92, wspace=0.22)
 
     def series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
         kept = [r for r in rows if r.get(key) is not None]

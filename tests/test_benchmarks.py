@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ganforge.config import apply_overrides, validate
-from ganforge.models import build_models
+from ganforge.models import build_models, freeze_discriminator_blocks
 from ganforge.recipes import get_recipe
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -58,3 +58,27 @@ def test_anime_ablations_each_change_what_they_name():
     assert base.train.ema_decay > 0 and ablated["no-ema"].train.ema_decay == 0
     assert ablated["rpgan-no-r1"].loss.r1_gamma == 0 and ablated["rpgan-no-r1"].loss.r2_gamma == 0
     assert set(ANIME.DEFAULT) <= set(ANIME.VARIANTS)
+
+
+FINETUNE = _load("anime_finetune")
+
+
+def test_the_finetune_split_is_disjoint_sorted_and_links_the_originals(tmp_path):
+    images = tmp_path / "faces" / "images"
+    images.mkdir(parents=True)
+    for name in ["07.jpg", "03.jpg", "11.png", "01.jpg", "05.jpeg", "notes.txt"]:
+        (images / name).write_bytes(name.encode())
+    large, small = FINETUNE.split_folder(tmp_path / "faces", tmp_path / "out", 3)
+    assert sorted(p.name for p in (large / "images").iterdir()) == ["01.jpg", "03.jpg", "05.jpeg"]
+    assert sorted(p.name for p in (small / "images").iterdir()) == ["07.jpg", "11.png"]  # the rest, no text file
+    link = small / "images" / "11.png"
+    assert link.is_symlink() and link.read_bytes() == b"11.png"
+    FINETUNE.split_folder(tmp_path / "faces", tmp_path / "out", 3)  # a rerun reuses the links
+    with pytest.raises(SystemExit, match="leaves none"):
+        FINETUNE.split_folder(tmp_path / "faces", tmp_path / "again", 5)
+
+
+def test_the_freeze_d_arm_leaves_the_modern_discriminator_blocks_to_train():
+    _, discriminator = build_models(validate(get_recipe("anime-modern")).model)
+    frozen = freeze_discriminator_blocks(discriminator, FINETUNE.FREEZE_D)
+    assert frozen and any(p.requires_grad for p in discriminator.parameters())

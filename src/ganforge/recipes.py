@@ -259,7 +259,7 @@ def stacked_mnist_modern() -> RunConfig:
 def _modern_small_data(recipe: str, resolution: int) -> RunConfig:
     """What the small-data literature agrees on, on the residual nets: hinge loss with a spectrally
     normalised D (SNGAN), DiffAugment on everything D sees (its 100-shot results), an EMA of G with a
-    ramp-up. Not yet measured against anime-dcgan at equal time (docs/quality.md)."""
+    ramp-up. At 10 CPU minutes FD 62.9 against anime-dcgan's 158.7 (docs/quality.md)."""
     return RunConfig(
         recipe=recipe,
         data=DataConfig(dataset="image-folder", root="data/faces", mean=[0.5], std=[0.5], hflip=True),

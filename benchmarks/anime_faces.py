@@ -52,6 +52,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "anime-modern",
         ["loss.name=rpgan", "loss.r1_gamma=0.1", "loss.r2_gamma=0.1", "loss.reg_every=16", "model.spectral_norm=false"],
     ),
+    # D at twice the width (G stays at 16): D's outputs stay at chance at width 16 (docs/quality.md)
+    "wide-d": ("anime-modern", ["model.d_width=32"]),
+    # the two time-scale update rule (SAGAN / BigGAN): D learns 4x faster than G
+    "ttur": ("anime-modern", ["optim.lr_d=4e-4", "optim.lr_g=1e-4"]),
     "rpgan-no-r1": (
         "anime-modern",
         ["loss.name=rpgan", "loss.r1_gamma=0", "loss.r2_gamma=0", "model.spectral_norm=false"],

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from anime_faces import KEYS, _scores, side_by_side
+from anime_faces import KEYS, _scores, plot_curves, side_by_side
 from time_to_quality import _ganforge, train_to_marks
 
 FREEZE_D = 2  # FreezeD arm: D's first (highest-resolution) blocks kept as pretrained
@@ -83,38 +83,18 @@ def run_arm(name: str, extra: list[str], marks: list[float], args: argparse.Name
     points = []
     for minutes, scores, seconds, step in train_to_marks(run, log, "anime-modern", extra, marks, "fd,pr,coverage",
                                                           args.num, out):  # fmt: skip
-        points.append({"arm": name, "variant": name, "mark_min": minutes, "train_s": seconds, "step": step,
-                       **_scores(scores)})  # fmt: skip
+        points.append({"variant": name, "mark_min": minutes, "train_s": seconds, "step": step, **_scores(scores)})
         print(f"  {name:20s} {seconds / 60:5.1f} min  step {step:6d}  FD {points[-1]['fd']:.1f}", flush=True)
     _ganforge("generate", str(run), "--num", "64", "--nrow", "8", "--seed", "0",
               "--out", str(out / f"{name}-grid.png"), log=log)  # fmt: skip
     return points
 
 
-def plot_curves(points: list[dict], floor: dict, path: Path, pretrain_minutes: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for name in dict.fromkeys(p["arm"] for p in points):
-        rows = [p for p in points if p["arm"] == name]
-        ax.plot([p["train_s"] / 60 for p in rows], [p["fd"] for p in rows], marker="o", label=name)
-    ax.axhline(floor["fd"], color="grey", linestyle="--", label=f"real vs real ({floor['fd']:.2f})")
-    ax.set(xlabel="training time on the 1,000 faces (minutes)", ylabel="FD, hair-colour evaluator", yscale="log")
-    ax.set_title(f"1,000 faces: fine-tuned ({pretrain_minutes:g} min on 5,000 first) or from scratch")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
 def print_table(points: list[dict], floor: dict) -> None:
     print("\n| arm | minutes | steps | FD | precision | recall | coverage |\n|---|---:|---:|---:|---:|---:|---:|")
-    for p in [*points, {"arm": "real vs real", "train_s": float("nan"), "step": "", **floor}]:
+    for p in [*points, {"variant": "real vs real", "train_s": float("nan"), "step": "", **floor}]:
         cells = " | ".join(f"{p.get(k, float('nan')):.3f}" for k in KEYS)
-        print(f"| {p['arm']} | {p['train_s'] / 60:.1f} | {p['step']} | {cells} |")
+        print(f"| {p['variant']} | {p['train_s'] / 60:.1f} | {p['step']} | {cells} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,13 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         arms["fine-tune-freeze-d"] = [*init, "--set", f"train.freeze_d_layers={args.freeze_d}"]
     points: list[dict] = []
     for name, extra in arms.items():
-        first = [{"arm": name, "variant": name, **start}] if extra else []
+        first = [{"variant": name, **start}] if extra else []
         points += first + run_arm(name, ["--data-root", str(small), *scored, *extra], marks, args)
         payload = {"real_vs_real": floor, "pretrain_minutes": args.pretrain_minutes, "num": args.num,
                    "points": points, "argv": sys.argv, "load_start": load}  # fmt: skip
         (args.out / "anime_finetune.json").write_text(json.dumps(payload, indent=1))
-    plot_curves(points, floor, args.out / "anime_finetune.png", args.pretrain_minutes)
-    side_by_side(list(arms), args.out, {p["arm"]: p for p in points})
+    title = f"1,000 faces: fine-tuned ({args.pretrain_minutes:g} min on {args.large:,} first) or from scratch"
+    plot_curves(points, floor, args.out / "anime_finetune.png", title, "training time on the 1,000 faces (min)", None)
+    side_by_side(list(arms), args.out, {p["variant"]: p for p in points})
     print_table(points, floor)
     print(f"\n{time.time() - started:.0f} s in all, load average {load:.2f} -> {os.getloadavg()[0]:.2f}")
     return 0

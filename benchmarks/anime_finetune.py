@@ -7,14 +7,14 @@ the other 1,000 the user's small one (two folders of symlinks under ``--out``, n
 2. Each arm then trains ``anime-modern`` on the 1,000 for ``--minutes``, stopping at the marks to be
    scored (``train_to_marks``: resume is bit-exact, evaluation time is not training time):
    - ``scratch``: fresh weights;
-   - ``fine-tune``: ``--init-g`` / ``--init-d`` from step 1's exports (its EMA generator and its D), with
-     fresh optimisers;
+   - ``fine-tune``: ``--init-g`` / ``--init-d`` from step 1's exports (its trained G, not the EMA, so G
+     starts where the D it faces left it, and its D), with fresh optimisers;
    - ``fine-tune-freeze-d``: the same with ``train.freeze_d_layers`` (FreezeD), if ``--freeze-d`` > 0.
 
 Every score is against the 1,000 small-set faces (``--num`` samples), in the features of the
 hair-colour evaluator trained on the tagged faces of the whole folder (docs/metrics.md), so all arms
-and the pretrained model before fine-tuning (mark 0) are read on one scale. The floor is the small set
-against 1,000 faces of the large one: two draws of real faces of the same size.
+and the pretrained model before fine-tuning (mark 0) are read on one scale. The floor is two disjoint
+draws of ``--num`` real faces from the whole folder.
 
 Writes into ``--out``: ``anime_finetune.json``, ``anime_finetune.png`` (FD against fine-tuning time,
 every arm), ``grids.png`` (the arms' final grids side by side), and prints a Markdown table.

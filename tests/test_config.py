@@ -58,11 +58,18 @@ def test_overrides_convert_by_field_type():
         ("train.g_update=sometimes", "is not one of"),
         ("data.std=0", "must be > 0"),
         ("train.epochs", "expected key=value"),
+        ("model.d_pack=0", "model.d_pack=0 must be > 0"),
+        ("model.d_pack=3", "model.d_pack=3 needs a batch size divisible by it, not 64"),
     ],
 )
 def test_bad_overrides_are_errors(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
         apply_overrides(get_recipe("mnist-mlp"), [override])
+
+
+def test_a_packed_d_is_refused_on_a_conditional_model():
+    with pytest.raises(ConfigError, match="model.d_pack=2 packs unlabelled images: it needs model.num_classes=0"):
+        apply_overrides(get_recipe("mnist-cgan"), ["model.d_pack=2"])
 
 
 def test_from_dict_rejects_unknown_keys_and_wrong_types():

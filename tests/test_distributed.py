@@ -283,6 +283,30 @@ def test_last_batch_too_small_for_the_processes_is_refused(tmp_path):
     assert DistContext(rank=1, world_size=2).shard_weight(3) * 1 / 2 == pytest.approx(1 / 3)
 
 
+@pytest.mark.parametrize(
+    "pack,batch,images,world,drop_last,problem",
+    [
+        (2, 16, 64, 1, False, None),
+        (2, 16, 66, 1, False, None),  # a last batch of 2: one pack
+        (2, 16, 65, 1, False, r"the last batch of each epoch \(1 image\(s\) over 1"),
+        (2, 16, 65, 1, True, None),  # the partial batch is dropped
+        (4, 12, 48, 2, False, r"each batch \(12 image\(s\) over 2"),  # 6 per process: not whole packs of 4
+        (4, 16, 48, 2, False, None),  # 8 per process
+        (2, 16, 54, 2, False, r"the last batch of each epoch \(6 image\(s\) over 2"),  # 3 per process
+    ],
+)
+def test_a_packed_d_needs_whole_packs_on_every_process(pack, batch, images, world, drop_last, problem):
+    from ganforge.training.setup import check_shards
+
+    cfg = get_recipe("mnist-mlp")
+    apply_overrides(cfg, [f"train.batch_size={batch}", f"model.d_pack={pack}", f"train.drop_last={drop_last}"])
+    if problem is None:
+        check_shards(cfg, images, world)
+    else:
+        with pytest.raises(ConfigError, match=f"model.d_pack={pack} needs whole packs on every process, but {problem}"):
+            check_shards(cfg, images, world)
+
+
 def test_a_penalty_objective_on_two_processes_equals_one(tmp_path):
     """R1's double backward runs on the plain D (never through DDP's hooks), and the one backward of
     loss + penalty still all-reduces D's whole gradient: 2 gloo processes give the 1-process weights."""

@@ -686,3 +686,18 @@ def test_a_spectral_norm_discriminator_exports_its_effective_weights():
     with torch.no_grad():
         expected = torch.sigmoid(discriminator(x, labels))  # the parametrized network itself still runs
         torch.testing.assert_close(call_original("mnist-cgan", original.eval(), x, labels), expected, rtol=0, atol=1e-6)
+
+
+def test_a_packed_discriminator_exports_one_logit_per_pack():
+    cfg = get_recipe("stacked-mnist-modern")
+    assert cfg.model.d_pack == 2
+    torch.manual_seed(0)
+    _, discriminator = build_models(cfg.model)
+    discriminator.eval()
+    session = ort.InferenceSession(export_onnx(DiscriminatorGraph(discriminator, [0.5], [0.5], raw=True)))
+    assert session.get_outputs()[0].shape[0] == "packs"
+    x = torch.rand(8, 3, 28, 28) * 2 - 1  # four packs
+    with torch.no_grad():
+        expected = discriminator(x)  # [4]
+    actual = session.run(None, {"images": x.numpy()})[0]
+    assert actual.shape == (4,) and np.abs(actual - expected.numpy()).max() <= 1e-5

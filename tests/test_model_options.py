@@ -1,4 +1,5 @@
-"""Model options on built networks: spectral normalisation of D (exact save/resume) and FreezeD."""
+"""Model options on built networks: spectral normalisation of D (exact save/resume), FreezeD and PacGAN's
+packed D."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from ganforge.checkpoint import load_module, load_tensors, module_tensors, save_
 from ganforge.config import ModelConfig
 from ganforge.errors import CheckpointError, ConfigError
 from ganforge.losses import r1_penalty
-from ganforge.models import MODELS, build_models, freeze_discriminator_blocks
+from ganforge.models import MODELS, PackedDiscriminator, build_models, freeze_discriminator_blocks
 from ganforge.models.options import SPECTRAL_NORM_LAYERS
 from test_models import make_cfg
 
@@ -163,3 +164,88 @@ def test_freeze_d_zero_freezes_nothing_and_generators_are_refused():
     assert all(p.requires_grad for p in d.parameters())
     with pytest.raises(TypeError, match="Discriminator"):
         freeze_discriminator_blocks(g, 1)
+
+
+# ---- PacGAN packing ----
+
+
+def unconditional(arch: str, **overrides) -> ModelConfig:
+    return make_cfg(arch, **{"num_classes": 0, **overrides})
+
+
+@pytest.mark.parametrize("pack", [2, 3])
+@pytest.mark.parametrize("arch", [a for a in MODELS.names() if a != "cdcgan"])  # cdcgan is conditional only
+def test_packed_d_scores_consecutive_images_side_by_side_along_the_channels(arch, pack):
+    torch.manual_seed(0)
+    cfg = unconditional(arch, d_pack=pack)
+    _, d = build_models(cfg)
+    assert isinstance(d, PackedDiscriminator) and d.channels == cfg.channels
+    assert d.packed.channels == pack * cfg.channels
+    d.eval()  # BatchNorm archs: the reference below must see the same statistics
+    x = real_images(cfg, batch=2 * pack)
+    # a plain reference: pack i holds images pack*i .. pack*i + pack - 1, in order, along the channels
+    by_hand = torch.stack([torch.cat(list(x[i * pack : (i + 1) * pack]), dim=0) for i in range(2)])
+    assert by_hand.shape == (2, pack * cfg.channels, cfg.resolution, cfg.resolution)
+    with torch.no_grad():
+        logits = d(x)  # [2]
+        assert logits.shape == (2,)
+        torch.testing.assert_close(logits, d.packed(by_hand), rtol=0, atol=0)
+        # swapping two images inside a pack changes its logit; swapping whole packs only reorders them
+        swapped = x.clone()
+        swapped[[0, 1]] = x[[1, 0]]
+        assert not torch.equal(d(swapped)[0], logits[0])
+        torch.testing.assert_close(d(torch.cat([x[pack:], x[:pack]])), logits.flip(0))  # row order: float rounding
+
+
+def test_packed_d_refuses_a_partial_pack_and_labels():
+    _, d = build_models(unconditional("dcgan28", d_pack=2))
+    with pytest.raises(ValueError, match="divisible by 2, got 3"):
+        d(torch.zeros(3, 1, 28, 28))
+    with pytest.raises(ValueError, match="unconditional"):
+        d(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ConfigError, match="model.d_pack=2 packs unlabelled images"):
+        build_models(make_cfg("dcgan28", d_pack=2))  # num_classes=10
+
+
+def test_packed_d_takes_spectral_norm_freeze_d_and_the_r1_double_backward(tmp_path):
+    torch.manual_seed(0)
+    cfg = unconditional("resnet", d_pack=2, spectral_norm=True)
+    _, d = build_models(cfg)
+    assert sn_layers(d) and all(parametrize.is_parametrized(m, "weight") for _, m in sn_layers(d))
+
+    def block_parameters(blocks: list[nn.Module]) -> list[list[int]]:
+        return [[id(p) for p in block.parameters()] for block in blocks]
+
+    assert block_parameters(d.feature_blocks()) == block_parameters(d.packed.feature_blocks())
+    assert len(freeze_discriminator_blocks(d, 1)) > 0
+    x = real_images(cfg, batch=4).requires_grad_(True)
+    penalty, _ = r1_penalty(lambda images, _labels: d(images), x, None)
+    penalty.backward()  # second-order gradients through the reshape
+    assert penalty.item() > 0 and any(p.grad is not None for p in d.parameters())
+    path = tmp_path / "d.safetensors"
+    save_tensors(path, module_tensors("discriminator", d), {}, kind="test")
+    torch.manual_seed(123)  # everything must come from the file
+    _, again = build_models(cfg)
+    load_module("discriminator", again, load_tensors(path)[0], path)
+    d.eval(), again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x.detach()), d(x.detach()), rtol=0, atol=0)
+
+
+def test_reals_and_fakes_scored_together_never_share_a_pack():
+    """The training step scores reals and fakes in one forward (``DiscriminatorCritic.pair``): with whole packs
+    per half, every pack is all real or all fake, so the logits equal two separate forwards."""
+    import contextlib
+
+    from ganforge.objectives import Batch
+    from ganforge.training.step import DiscriminatorCritic
+
+    torch.manual_seed(0)
+    cfg = unconditional("dcgan28", d_pack=2)
+    _, d = build_models(cfg)
+    real, fake = real_images(cfg, batch=6, seed=1), real_images(cfg, batch=6, seed=2)
+    critic = DiscriminatorCritic(d, contextlib.nullcontext, per_sample=True)
+    with torch.no_grad():
+        logits_real, logits_fake = critic.pair(Batch(real, None), Batch(fake, None))  # [3], [3]
+        torch.testing.assert_close(logits_real, d(real))
+        torch.testing.assert_close(logits_fake, d(fake))

@@ -48,7 +48,10 @@ def assert_identical_runs(a: Path, b: Path) -> None:
     assert not differing, differing[:5]
 
 
-@pytest.mark.parametrize("recipe,extra", [("mnist-mlp", TINY), ("mnist-cgan", TINY_CGAN)])
+TINY_PACKED = [*TINY, "--set", "model.d_pack=2"]  # PacGAN: D scores pairs of images
+
+
+@pytest.mark.parametrize("recipe,extra", [("mnist-mlp", TINY), ("mnist-cgan", TINY_CGAN), ("mnist-mlp", TINY_PACKED)])
 def test_resume_at_epoch_boundary_is_bit_identical(tmp_path, recipe, extra):
     assert main(["train", recipe, "--epochs", "3", "--out", str(tmp_path / "straight"), *extra]) == 0
     assert main(["train", recipe, "--epochs", "1", "--out", str(tmp_path / "split"), *extra]) == 0

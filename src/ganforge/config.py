@@ -60,6 +60,9 @@ class ModelConfig:
     # Keras original (from_logits=True on a sigmoid output). Only the MLP discriminators have it.
     d_output_sigmoid: bool = False
     spectral_norm: bool = False  # spectral normalisation of every Conv/Linear/Embedding weight of D (SNGAN)
+    # PacGAN (Lin et al. 2018): D scores d_pack images at once, stacked along its input channels, so it can
+    # see that G repeats itself (a pair of the same mode is likelier from G than from the data); 1 = plain D
+    d_pack: int = 1
 
 
 @dataclass
@@ -217,6 +220,7 @@ POSITIVE = (
     "model.resolution",
     "model.g_width",
     "model.d_width",
+    "model.d_pack",
     "optim.lr_g",
     "optim.lr_d",
     "optim.eps",
@@ -412,9 +416,24 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise ConfigError(f"{key} needs 1 or model.channels={cfg.model.channels} values, got {values}")
     if any(s <= 0 for s in cfg.data.std):
         raise ConfigError(f"data.std={cfg.data.std} must be > 0")
+    _check_pack(cfg)
     if cfg.data.labels == "csv" and not cfg.data.label_column:
         raise ConfigError("data.labels=csv needs data.label_column (e.g. --set data.label_column=hair)")
     return cfg
+
+
+def check_d_pack(model: ModelConfig) -> None:
+    """A packed D (PacGAN) stacks images along the channels, which leaves no place for a label per image."""
+    if model.d_pack > 1 and model.num_classes > 0:
+        raise ConfigError(f"model.d_pack={model.d_pack} packs unlabelled images: it needs model.num_classes=0")
+
+
+def _check_pack(cfg: RunConfig) -> None:
+    check_d_pack(cfg.model)
+    if cfg.train.batch_size % cfg.model.d_pack:
+        raise ConfigError(
+            f"model.d_pack={cfg.model.d_pack} needs a batch size divisible by it, not {cfg.train.batch_size}"
+        )
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:

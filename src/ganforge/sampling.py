@@ -291,6 +291,11 @@ def discriminator_scores(
             f"{gan.source} has no discriminator (a generator-only export); pass the run directory or "
             "checkpoints/latest.safetensors to rank by the discriminator"
         )
+    if getattr(discriminator, "pack", 1) > 1:
+        raise ConfigError(
+            f"{gan.source} has a packed discriminator (model.d_pack={discriminator.pack}): it scores packs of "
+            "images, not each image, so it cannot rank them; generate without --top-k"
+        )
     mean = torch.tensor(gan.config.data.mean).view(1, -1, 1, 1)
     std = torch.tensor(gan.config.data.std).view(1, -1, 1, 1)
     scores = []

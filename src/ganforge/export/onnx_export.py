@@ -30,6 +30,12 @@ def require_onnx() -> tuple[ModuleType, ModuleType]:
     return onnx, onnxruntime
 
 
+def _output_axis(graph: nn.Module) -> str:
+    """A PacGAN D gives one logit per pack of images, so its output's batch is a dimension of its own."""
+    network = getattr(graph, "discriminator", None)
+    return "packs" if getattr(network, "pack", 1) > 1 else "batch"
+
+
 def export_onnx(graph: nn.Module, metadata: dict[str, str] | None = None) -> bytes:
     """The ONNX model of ``graph`` (a ``GeneratorGraph`` or ``DiscriminatorGraph`` in eval mode), as bytes.
 
@@ -52,7 +58,7 @@ def export_onnx(graph: nn.Module, metadata: dict[str, str] | None = None) -> byt
                 input_names=names,
                 output_names=[output],
                 opset_version=OPSET,
-                dynamic_axes={name: {0: "batch"} for name in [*names, output]},
+                dynamic_axes={**{name: {0: "batch"} for name in names}, output: {0: _output_axis(graph)}},
                 do_constant_folding=True,
                 dynamo=False,
             )

@@ -1,11 +1,12 @@
-"""Options applied to built networks: spectral normalisation of D and FreezeD.
+"""Options applied to built networks: spectral normalisation of D, FreezeD and PacGAN's packing.
 
-Both act on any registered discriminator through the modules it holds, so an arch needs no code for
+They act on any registered discriminator through the modules it holds, so an arch needs no code for
 them (an arch with residual blocks names its FreezeD blocks with ``Discriminator.feature_blocks``).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torch.nn.utils import parametrizations
 
@@ -51,3 +52,34 @@ def freeze_discriminator_blocks(discriminator: nn.Module, n: int) -> list[str]:
             p.requires_grad_(False)
             names.append(name)
     return names
+
+
+class PackedDiscriminator(Discriminator):
+    """PacGAN's D (Lin et al. 2018): ``forward(x [B, C, H, W]) -> logits [B / pack]``, one per pack.
+
+    Images ``pack * i`` to ``pack * i + pack - 1`` go side by side along the channels of one input of
+    ``packed``, a discriminator built for ``pack * C`` channels. Every pack holds images of one kind (all
+    real or all fake) because the training step passes reals and fakes as separate halves of whole packs,
+    and the objectives only take means over the logits, so they need no change. Unconditional only.
+    """
+
+    def __init__(self, packed: Discriminator, pack: int) -> None:
+        if packed.channels % pack:
+            raise ValueError(f"a D for {packed.channels} channels cannot take packs of {pack} images")
+        super().__init__(packed.latent_dim, packed.num_classes, packed.channels // pack, packed.resolution)
+        self.packed, self.pack = packed, pack
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is not None:
+            raise ValueError("PackedDiscriminator is unconditional but was given labels")
+        self._check_images(x)
+        # (an export traces the batch as a symbol: a Python test on it would freeze one batch size in)
+        if not torch.jit.is_tracing() and x.shape[0] % self.pack:
+            raise ValueError(f"a packed D (model.d_pack={self.pack}) needs a batch divisible by {self.pack}, "
+                             f"got {x.shape[0]}")  # fmt: skip
+        _, c, h, w = x.shape
+        packs = x.reshape(-1, self.pack * c, h, w)  # [B / pack, pack * C, H, W]
+        return self.packed(packs)  # [B / pack]
+
+    def feature_blocks(self) -> list[nn.Module]:
+        return self.packed.feature_blocks()

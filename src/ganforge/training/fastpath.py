@@ -255,15 +255,16 @@ def _forward_counts(generator: nn.Module, discriminator: nn.Module, batch: int) 
     generator.eval(), discriminator.eval()  # BatchNorm must not update its running statistics here
     try:
         device = next(generator.parameters()).device
-        z = torch.zeros(2, generator.latent_dim, device=device)
-        labels = torch.zeros(2, dtype=torch.long, device=device) if generator.num_classes > 0 else None
+        n = 2 * getattr(discriminator, "pack", 1)  # whole packs for a PacGAN D
+        z = torch.zeros(n, generator.latent_dim, device=device)
+        labels = torch.zeros(n, dtype=torch.long, device=device) if generator.num_classes > 0 else None
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             discriminator(generator(z, labels), labels)
     finally:
         generator.train(modes[0]), discriminator.train(modes[1])
         for hook in hooks:
             hook.remove()
-    return counter.get_total_flops() / 2 * batch, linear[0] / 2 * batch
+    return counter.get_total_flops() / n * batch, linear[0] / n * batch
 
 
 def cpu_threads_wanted(generator: nn.Module, discriminator: nn.Module, batch: int) -> int | None:

@@ -71,13 +71,22 @@ def check_run_config(cfg: RunConfig, device: torch.device) -> None:
 
 def check_shards(cfg: RunConfig, num_images: int, world_size: int) -> None:
     """Under torchrun every rank needs images in every batch: a rank with an empty shard has no batch mean
-    (the loaders can hand out empty shards; training cannot use them)."""
+    (the loaders can hand out empty shards; training cannot use them). With ``model.d_pack``, every rank's
+    shard of every batch must be whole packs."""
     last = 0 if cfg.train.drop_last else num_images % cfg.train.batch_size
     if 0 < last < world_size:
         raise ConfigError(
             f"the last batch of each epoch has {last} image(s) for {world_size} processes, so some "
             "would get none: set --set train.drop_last=true, or change --batch-size or data.max_images"
         )
+    pack = cfg.model.d_pack
+    for n, which in ((cfg.train.batch_size, "each batch"), (last, "the last batch of each epoch")):
+        shards = {n // world_size, -(-n // world_size)}  # DistContext.shard's sizes
+        if n and any(size % pack for size in shards):
+            raise ConfigError(
+                f"model.d_pack={pack} needs whole packs on every process, but {which} ({n} image(s) over "
+                f"{world_size} process(es)) leaves a part: change --batch-size, or set --set train.drop_last=true"
+            )
 
 
 def seed_everything(seed: int) -> None:

@@ -146,7 +146,8 @@ class DiscriminatorCritic:
                 return self.discriminator(real.x, real.y).float(), self.discriminator(fake.x, fake.y).float()
             labels = None if real.y is None else torch.cat([real.y, fake.y])  # [2b]
             logits = self.discriminator(torch.cat([real.x, fake.x.to(real.x.dtype)]), labels).float()  # [2b]
-        n_real = real.x.shape[0]
+        # the reals' share of the logits: a packed D (PacGAN) gives one per pack, and both halves are whole packs
+        n_real = logits.shape[0] * real.x.shape[0] // (real.x.shape[0] + fake.x.shape[0])
         return logits[:n_real], logits[n_real:]
 
 

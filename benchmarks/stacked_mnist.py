@@ -10,8 +10,8 @@ The real-vs-real figures at the same N are measured first.
 Writes into ``--out``: ``stacked_mnist.json``, ``stacked_mnist.png`` (modes and KL against training
 time), ``grids.png`` (each recipe's final 10x10 grid, side by side) and prints a Markdown table.
 
-Example (what docs/quality.md reports; about 75 minutes on a 2-core CPU):
-  python benchmarks/stacked_mnist.py --data-root ../shared/data/mnist --split test --minutes 30
+Example (what docs/quality.md reports; 64 minutes on a 2-core Zen 3):
+  python benchmarks/stacked_mnist.py --data-root ../shared/data/mnist --split test --minutes 30 --marks 10,20,30
 """
 
 from __future__ import annotations

@@ -85,7 +85,11 @@ def test_generate_every_output_form(trained_runs, recipe, tmp_path, capsys):
     assert Image.open(tmp_path / "walk.gif").n_frames == 7  # two legs of 4 steps sharing their joint
     assert run_cli(capsys, "generate", run, "--interpolate", 5, "--out", tmp_path / "walk.png")[0] == 0
     assert Image.open(tmp_path / "walk.png").size[0] == 5 * (res + 2) + 2  # a strip of 5 per row
-    code = run_cli(capsys, "generate", run, "--top-k", 3, "--candidates", 10, "--out", tmp_path / "top.npz")[0]
+    code, _, err = run_cli(capsys, "generate", run, "--top-k", 3, "--candidates", 10, "--out", tmp_path / "top.npz")
+    if config["model"]["d_pack"] > 1:  # a packed D scores pairs, not images: refused in one line
+        assert code == 2 and "has a packed discriminator (model.d_pack=2)" in err
+        assert not (tmp_path / "top.npz").exists()
+        return
     assert code == 0
     top = np.load(tmp_path / "top.npz")
     assert top["images"].shape[0] == 3 and list(top["scores"]) == sorted(top["scores"], reverse=True)

@@ -291,7 +291,7 @@ def discriminator_scores(
             f"{gan.source} has no discriminator (a generator-only export); pass the run directory or "
             "checkpoints/latest.safetensors to rank by the discriminator"
         )
-    if getattr(discriminator, "pack", 1) > 1:
+    if discriminator.pack > 1:
         raise ConfigError(
             f"{gan.source} has a packed discriminator (model.d_pack={discriminator.pack}): it scores packs of "
             "images, not each image, so it cannot rank them; generate without --top-k"

@@ -96,7 +96,7 @@ def example_inputs(graph: nn.Module, batch: int, seed: int) -> tuple[torch.Tenso
         first = torch.randn(batch, network.latent_dim, generator=rng)  # [B, latent_dim]
     else:
         network = graph.discriminator
-        batch *= getattr(network, "pack", 1)  # a PacGAN D takes whole packs: ``batch`` logits
+        batch *= network.pack  # a PacGAN D takes whole packs: ``batch`` logits
         shape = (batch, network.channels, network.resolution, network.resolution)
         if graph.raw:
             first = torch.randn(*shape, generator=rng).clamp(-1, 1)  # [B, C, H, W] normalised floats

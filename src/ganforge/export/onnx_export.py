@@ -19,7 +19,15 @@ from torch import nn
 
 from ganforge import extras
 from ganforge.errors import ExportError
-from ganforge.export.core import checked_trace, compare_outputs, example_inputs, input_names, op_error, output_name
+from ganforge.export.core import (
+    DiscriminatorGraph,
+    checked_trace,
+    compare_outputs,
+    example_inputs,
+    input_names,
+    op_error,
+    output_name,
+)
 
 OPSET = 17
 
@@ -32,8 +40,7 @@ def require_onnx() -> tuple[ModuleType, ModuleType]:
 
 def _output_axis(graph: nn.Module) -> str:
     """A PacGAN D gives one logit per pack of images, so its output's batch is a dimension of its own."""
-    network = getattr(graph, "discriminator", None)
-    return "packs" if getattr(network, "pack", 1) > 1 else "batch"
+    return "packs" if isinstance(graph, DiscriminatorGraph) and graph.discriminator.pack > 1 else "batch"
 
 
 def export_onnx(graph: nn.Module, metadata: dict[str, str] | None = None) -> bytes:

@@ -76,6 +76,8 @@ def _layers(module: nn.Module) -> list[nn.Module]:
 class Discriminator(GanModule):
     """``forward(x, labels=None) -> logits [B]`` (no sigmoid: the losses work in logit space)."""
 
+    pack = 1  # images per logit: > 1 only for PacGAN's PackedDiscriminator (ganforge.models.options)
+
     def feature_blocks(self) -> list[nn.Module]:
         """D's blocks from the input up, for FreezeD (``ganforge.models.freeze_discriminator_blocks``).
 

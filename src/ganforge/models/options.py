@@ -70,8 +70,7 @@ class PackedDiscriminator(Discriminator):
         self.packed, self.pack = packed, pack
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        if labels is not None:
-            raise ValueError("PackedDiscriminator is unconditional but was given labels")
+        self._one_hot(labels, x.shape[0], x.dtype)  # unconditional: refuses labels
         self._check_images(x)
         # (an export traces the batch as a symbol: a Python test on it would freeze one batch size in)
         if not torch.jit.is_tracing() and x.shape[0] % self.pack:

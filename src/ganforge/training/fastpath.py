@@ -255,7 +255,7 @@ def _forward_counts(generator: nn.Module, discriminator: nn.Module, batch: int) 
     generator.eval(), discriminator.eval()  # BatchNorm must not update its running statistics here
     try:
         device = next(generator.parameters()).device
-        n = 2 * getattr(discriminator, "pack", 1)  # whole packs for a PacGAN D
+        n = 2 * discriminator.pack  # whole packs for a PacGAN D
         z = torch.zeros(n, generator.latent_dim, device=device)
         labels = torch.zeros(n, dtype=torch.long, device=device) if generator.num_classes > 0 else None
         with torch.no_grad(), FlopCounterMode(display=False) as counter:

@@ -10,9 +10,15 @@ same N come first.
 Writes into ``--out``: ``anime_faces.json``, ``anime_faces.png`` (FD against training time, every
 variant), ``grids.png`` (the final 8x8 grids side by side) and prints a Markdown table.
 
+Each finished variant also writes ``<variant>-points.json`` (its marks, scores and the CPU it ran on).
+``--reuse`` takes a variant from there instead of training it again when its marks and ``--num`` match, so
+a run that was stopped part-way (the six default variants take longer than many sessions have) goes on
+with the variants it has not finished; a variant stopped mid-way trains again from the start. The table
+names the CPU of each variant, so variants measured on different machines cannot pass for one run.
+
 Example (what docs/quality.md reports; 6 variants x 30 minutes plus evaluations, about 3 h 20 min on a
 2-core CPU):
-  python benchmarks/anime_faces.py --data-root ../shared/data/anime-faces --minutes 30
+  python benchmarks/anime_faces.py --data-root ../shared/data/anime-faces --minutes 30 [--reuse]
   python benchmarks/anime_faces.py --variants anime-dcgan,anime-modern --minutes 1 --marks 1   # a smoke run
 """
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -87,6 +94,33 @@ def measure_variant(name: str, marks: list[float], args: argparse.Namespace, out
     return points
 
 
+def cpu_label() -> str:
+    """This machine's CPU as the tables name it: model name, torch's CPU capability, core count."""
+    import torch
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} CPUs"
+
+
+def finished_points(name: str, marks: list[float], num: int, out: Path) -> list[dict] | None:
+    """A variant's points from an earlier run into ``out``, if it finished with these marks and ``num``."""
+    path = out / f"{name}-points.json"
+    if not path.exists() or not (out / f"{name}-grid.png").exists():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["points"] if saved.get("marks") == marks and saved.get("num") == num else None
+
+
+def save_points(name: str, marks: list[float], num: int, points: list[dict], out: Path) -> None:
+    record = {"marks": marks, "num": num, "points": points, "cpu": cpu_label(), "date": time.strftime("%Y-%m-%d")}
+    (out / f"{name}-points.json").write_text(json.dumps(record, indent=1))
+
+
 def real_vs_real(args: argparse.Namespace, out: Path) -> dict:
     # the hair-colour evaluator of docs/metrics.md, trained once on the tagged faces (a cached one is kept)
     _ganforge("train-evaluator", "image-folder", "--data-root", args.data_root, "--set", "data.labels=csv",
@@ -145,6 +179,11 @@ def print_table(points: list[dict], floor: dict) -> None:
     for p in points:
         print(f"| {p['variant']} | {p['train_s'] / 60:.1f} | {p['step']} | {p['fd']:.1f} | {p.get('precision', 0):.3f} "
               f"| {p.get('recall', 0):.3f} | {p.get('coverage', 0):.3f} |")  # fmt: skip
+    cpus = {p["variant"]: p.get("cpu", "") for p in points}
+    if len(set(cpus.values())) > 1:
+        print("\nNOT one run: the variants were measured on different CPUs:")
+        for name, cpu in cpus.items():
+            print(f"  {name}: {cpu}")
     f = floor
     print(f"| real vs real | | | {f['fd']:.2f} | {f.get('precision', 0):.3f} | {f.get('recall', 0):.3f} "
           f"| {f.get('coverage', 0):.3f} |")  # fmt: skip
@@ -159,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num", type=int, default=1000, help="samples per evaluation (and real images)")
     parser.add_argument("--set", action="append", default=[], help="extra overrides for every variant")
     parser.add_argument("--out", type=Path, default=Path("anime_faces"))
+    parser.add_argument("--reuse", action="store_true", help="keep variants an earlier run into --out finished")
     args = parser.parse_args(argv)
 
     names = [n for n in args.variants.split(",") if n]
@@ -172,7 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"real vs real at {args.num}: FD {floor['fd']:.2f} (load {load:.2f})", flush=True)
     points: list[dict] = []
     for name in names:
-        points += measure_variant(name, marks, args, args.out)
+        kept = finished_points(name, marks, args.num, args.out) if args.reuse else None
+        if kept is not None:
+            print(f"  {name}: kept from {args.out / (name + '-points.json')}", flush=True)
+        else:
+            kept = [{**p, "cpu": cpu_label()} for p in measure_variant(name, marks, args, args.out)]
+            save_points(name, marks, args.num, kept, args.out)
+        points += kept
         payload = {"real_vs_real": floor, "num": args.num, "points": points, "argv": sys.argv, "load_start": load}
         (args.out / "anime_faces.json").write_text(json.dumps(payload, indent=1))
     plot_curves(points, floor, args.out / "anime_faces.png")

@@ -5,6 +5,7 @@ a benchmark run)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -82,3 +83,29 @@ def test_the_freeze_d_arm_leaves_the_modern_discriminator_blocks_to_train():
     _, discriminator = build_models(validate(get_recipe("anime-modern")).model)
     frozen = freeze_discriminator_blocks(discriminator, FINETUNE.FREEZE_D)
     assert frozen and any(p.requires_grad for p in discriminator.parameters())
+
+
+def test_anime_benchmark_reuse_keeps_finished_variants_and_retrains_the_rest(tmp_path, monkeypatch):
+    trained = []
+
+    def fake_measure(name, marks, args, out):
+        trained.append(name)
+        (out / f"{name}-grid.png").write_bytes(b"png")
+        return [{"variant": name, "mark_min": m, "train_s": 60.0 * m, "step": 10, "fd": 50.0} for m in marks]
+
+    monkeypatch.setattr(ANIME, "real_vs_real", lambda args, out: {"fd": 0.5})
+    monkeypatch.setattr(ANIME, "measure_variant", fake_measure)
+    monkeypatch.setattr(ANIME, "plot_curves", lambda *a, **k: None)
+    monkeypatch.setattr(ANIME, "side_by_side", lambda *a, **k: None)
+    base = ["--out", str(tmp_path), "--minutes", "2", "--marks", "1,2", "--num", "100"]
+    ANIME.main([*base, "--variants", "anime-dcgan"])
+    (tmp_path / "anime-modern-grid.png").write_bytes(b"png")  # a variant stopped before its points were saved
+    ANIME.main([*base, "--variants", "anime-dcgan,anime-modern", "--reuse"])
+    assert trained == ["anime-dcgan", "anime-modern"]  # the finished one kept, the unfinished one trained
+    ANIME.main([*base, "--variants", "anime-dcgan,anime-modern"])  # without --reuse: everything again
+    ANIME.main([*base[:-4], "--marks", "2", "--num", "100", "--variants", "anime-modern", "--reuse"])
+    assert trained == ["anime-dcgan", "anime-modern", "anime-dcgan", "anime-modern", "anime-modern"]  # other marks
+    saved = json.loads((tmp_path / "anime-dcgan-points.json").read_text())
+    assert saved["marks"] == [1.0, 2.0] and saved["num"] == 100 and saved["cpu"] == ANIME.cpu_label()
+    combined = json.loads((tmp_path / "anime_faces.json").read_text())["points"]
+    assert [p["mark_min"] for p in combined] == [2.0] and combined[0]["cpu"] == ANIME.cpu_label()

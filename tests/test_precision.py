@@ -103,6 +103,29 @@ def test_explicit_fp32_is_never_probed_and_cuda_auto_takes_the_faster():
     assert resolve_precision("auto", torch.device("mps"), (False, "mps"), measure).choice.value == "fp32"
 
 
+def test_cudnn_is_autotuned_on_cuda_conv_runs_unless_deterministic_and_named_in_the_start_up_line():
+    cuda = torch.device("cuda", 0)
+    assert setup.choose_cudnn(CPU, False, True) is None and setup.choose_cudnn(cuda, False, False) is None
+    assert setup.choose_cudnn(cuda, False, True).value == "benchmark"
+    assert setup.choose_cudnn(cuda, True, True).value == "deterministic"
+    line = setup.describe({"device": {"value": "cuda:0"}, "cudnn": setup.choose_cudnn(cuda, False, True)})
+    assert "cuDNN benchmark (autotuned per batch shape)" in line
+
+
+def test_training_leaves_cudnn_autotuning_as_it_found_it():
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = not before  # whatever the caller set is what comes back
+    try:
+        with setup.cuda_kernel_switches(deterministic=True):
+            assert torch.backends.cudnn.benchmark is False and torch.backends.cudnn.deterministic
+        assert torch.backends.cudnn.benchmark is (not before)
+        with setup.cuda_kernel_switches(deterministic=False):
+            torch.backends.cudnn.benchmark = before  # what choose_cudnn's caller does on CUDA
+        assert torch.backends.cudnn.benchmark is (not before)
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 # --- under AVX2 emulation, in a fresh process -----------------------------------------------------------
 EMULATE_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 

@@ -41,7 +41,7 @@ from ganforge.training.distributed import DistContext, init_distributed, rank_fa
 from ganforge.training.guards import Alarm, CollapseAlarm, DivergenceGuard
 from ganforge.training.outputs import Evaluator, SampleGrids
 from ganforge.training.pacing import CHECKPOINT_SHARE, PLOT_MIN_INTERVAL_S, PLOT_SHARE, Pacer
-from ganforge.training.setup import build_setup, check_shards, deterministic_kernels, runtime_record
+from ganforge.training.setup import build_setup, check_shards, cuda_kernel_switches, runtime_record
 from ganforge.training.signals import StopFlag
 from ganforge.training.state import (
     TrainState,
@@ -74,7 +74,7 @@ def train(
     """Train ``cfg`` into a run directory (``out`` or ``runs/<recipe>-<time>``), or continue ``resume``
     (a training checkpoint; ``resume_overrides`` are recorded with it). Returns where and how it ended."""
     try:
-        with deterministic_kernels(cfg.train.deterministic):
+        with cuda_kernel_switches(cfg.train.deterministic):
             ctx = init_distributed(cfg.train.device)  # under torchrun: the process group, kept until exit
             out = out if out is not None or resume is not None else RunDir.default_path(cfg.recipe)
             run_dir = RunDir(out if out is not None else run_dir_of(resume))

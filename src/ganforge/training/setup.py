@@ -34,6 +34,7 @@ from ganforge.training.fastpath import (
     choose_linear,
     choose_threads,
     cpu_name,
+    has_conv,
     same_results_at_any_thread_count,
     set_cpu_threads,
     threads_overridden,
@@ -190,7 +191,27 @@ def _choose_kernels(
         if kernels.thread_tuner is not None:
             choices["thread_tuner"] = Choice(list(kernels.thread_tuner.counts), "same numbers at any count: tuned live")
     _choose_precision(cfg, device, previous, measure, kernels)
+    cudnn = choose_cudnn(device, tcfg.deterministic, has_conv(generator, discriminator))
+    if cudnn is not None:
+        choices["cudnn"] = cudnn
+        # restored when training ends (cuda_kernel_switches); a Python flag, it does not initialise CUDA
+        torch.backends.cudnn.benchmark = cudnn.value == "benchmark"
     return generator, discriminator
+
+
+def choose_cudnn(device: torch.device, deterministic: bool, convolutions: bool) -> Choice | None:
+    """How cuDNN picks its convolution algorithms on CUDA (None elsewhere, or without convolutions).
+
+    ``benchmark``: cuDNN times its algorithms for each new input shape once and keeps the fastest, which
+    is a measurement on the user's GPU rather than cuDNN's shape heuristics; a run's batches have one
+    shape (two with a short last batch), so the timing is paid once or twice. ``deterministic`` where the
+    run asks for reproducible kernels (train.deterministic), which rules out the autotuner's choices.
+    """
+    if device.type != "cuda" or not convolutions:
+        return None
+    if deterministic:
+        return Choice("deterministic", "train.deterministic=true")
+    return Choice("benchmark", "autotuned per batch shape")
 
 
 def _kept(previous: dict[str, Any], key: str, overridden: bool) -> Choice | None:
@@ -281,6 +302,8 @@ def describe(choices: dict[str, Any]) -> str:
     if "linear" in choices:
         shown = {"onednn": "oneDNN", "blas": "BLAS"}.get(_value(choices["linear"]), _value(choices["linear"]))
         parts.append(f"linear {shown} ({_reason(choices['linear'])})")
+    if "cudnn" in choices:
+        parts.append(f"cuDNN {_value(choices['cudnn'])} ({_reason(choices['cudnn'])})")
     layout = choices.get("channels_last")
     if layout is not None and _reason(layout) != "no convolutions":
         parts.append(f"{'channels-last' if _value(layout) else 'NCHW'} ({_reason(layout)})")
@@ -340,27 +363,29 @@ def _wrap(
 
 
 @contextlib.contextmanager
-def deterministic_kernels(enabled: bool) -> Iterator[None]:
-    """Make CUDA pick deterministic kernels while training, then put the global switches back.
+def cuda_kernel_switches(deterministic: bool) -> Iterator[None]:
+    """Put torch's process-wide CUDA kernel switches back when training ends, and make CUDA pick
+    deterministic kernels while it trains if ``deterministic``.
 
+    Training may turn on cuDNN's autotuner (``choose_cudnn``); a library call must not leave it on.
     cuDNN's convolution backward and cuBLAS's split reductions sum in an order that changes from run to
-    run, so two CUDA runs (or a run and its resumed copy) drift apart by rounding. The CPU kernels used
-    here are deterministic already. torch raises if an op has no deterministic CUDA version.
+    run, so two CUDA runs (or a run and its resumed copy) drift apart by rounding unless deterministic
+    kernels are chosen. The CPU kernels used here are deterministic already. torch raises if an op has
+    no deterministic CUDA version.
     """
-    if not enabled:
-        yield
-        return
     previous = (
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
         torch.backends.cudnn.benchmark,
         torch.backends.cudnn.deterministic,
     )
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for reproducible sums
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for reproducible sums
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        if deterministic:
+            torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous[2], previous[3]

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -98,13 +97,9 @@ def cpu_label() -> str:
     """This machine's CPU as the tables name it: model name, torch's CPU capability, core count."""
     import torch
 
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    except OSError:
-        pass
-    return f"{name}, {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} CPUs"
+    from ganforge.training.fastpath import cpu_name
+
+    return f"{cpu_name()}, {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} CPUs"
 
 
 def finished_points(name: str, marks: list[float], num: int, out: Path) -> list[dict] | None:
@@ -179,14 +174,14 @@ def print_table(points: list[dict], floor: dict) -> None:
     for p in points:
         print(f"| {p['variant']} | {p['train_s'] / 60:.1f} | {p['step']} | {p['fd']:.1f} | {p.get('precision', 0):.3f} "
               f"| {p.get('recall', 0):.3f} | {p.get('coverage', 0):.3f} |")  # fmt: skip
+    f = floor
+    print(f"| real vs real | | | {f['fd']:.2f} | {f.get('precision', 0):.3f} | {f.get('recall', 0):.3f} "
+          f"| {f.get('coverage', 0):.3f} |")  # fmt: skip
     cpus = {p["variant"]: p.get("cpu", "") for p in points}
     if len(set(cpus.values())) > 1:
         print("\nNOT one run: the variants were measured on different CPUs:")
         for name, cpu in cpus.items():
             print(f"  {name}: {cpu}")
-    f = floor
-    print(f"| real vs real | | | {f['fd']:.2f} | {f.get('precision', 0):.3f} | {f.get('recall', 0):.3f} "
-          f"| {f.get('coverage', 0):.3f} |")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

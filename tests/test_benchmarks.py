@@ -109,3 +109,14 @@ def test_anime_benchmark_reuse_keeps_finished_variants_and_retrains_the_rest(tmp
     assert saved["marks"] == [1.0, 2.0] and saved["num"] == 100 and saved["cpu"] == ANIME.cpu_label()
     combined = json.loads((tmp_path / "anime_faces.json").read_text())["points"]
     assert [p["mark_min"] for p in combined] == [2.0] and combined[0]["cpu"] == ANIME.cpu_label()
+
+
+def test_anime_table_says_when_its_variants_ran_on_different_cpus(capsys):
+    point = {"mark_min": 30.0, "train_s": 1800.0, "step": 10, "fd": 50.0}
+    same = [{**point, "variant": v, "cpu": "AMD EPYC, AVX2, 2 CPUs"} for v in ("anime-dcgan", "anime-modern")]
+    ANIME.print_table(same, {"fd": 0.5})
+    assert "NOT one run" not in capsys.readouterr().out
+    ANIME.print_table([same[0], {**same[1], "cpu": "AMD EPYC, AVX512, 2 CPUs"}], {"fd": 0.5})
+    table = capsys.readouterr().out
+    assert "NOT one run" in table and "anime-modern: AMD EPYC, AVX512, 2 CPUs" in table
+    assert table.index("| real vs real") < table.index("NOT one run")  # after the table, not inside it

@@ -156,7 +156,8 @@ def _choose_kernels(
     kernels: _Kernels,
 ) -> tuple[nn.Module, nn.Module]:
     """Threads, memory layout, Linear kernels and precision for this machine (fastpath.py, precision.py):
-    each kept from ``previous`` unless the environment overrides it, else chosen (rules, then probes)."""
+    each kept from ``previous`` unless the environment overrides it, else chosen (rules, then probes);
+    on CUDA also cuDNN's algorithm choice (``choose_cudnn``)."""
     tcfg, device, choices = cfg.train, ctx.device, kernels.choices
     choices["device"] = _device_record(device)
     if device.type == "cpu":  # small models train on one thread (fastpath.py: measured faster)

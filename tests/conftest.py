@@ -21,6 +21,16 @@ def isolated_cache(tmp_path_factory):
     yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_cpu_thread():
+    """Runs train on one CPU thread unless the caller chose a count: a small model's thread count comes from a
+    timed probe (training/fastpath.py), which two runs that a test compares bit for bit could answer
+    differently. The probe's own tests unset this (test_speed.py, test_precision.py)."""
+    if "GANFORGE_CPU_THREADS" not in os.environ:
+        os.environ["GANFORGE_CPU_THREADS"] = "1"
+    yield
+
+
 @pytest.fixture(scope="session")
 def face_folder(tmp_path_factory) -> Path:
     """16 random RGB 96x96 JPEGs standing in for the anime faces."""

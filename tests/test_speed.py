@@ -122,6 +122,76 @@ def test_thread_tuner_keeps_the_faster_count(monkeypatch):
         torch.set_num_threads(before)
 
 
+def _quick_nets():
+    from ganforge.models import build_models
+
+    return build_models(get_recipe("mnist-quick").model)
+
+
+def _never(counts):
+    raise AssertionError("not probed")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "chosen", "reason"),
+    [
+        ({1: 0.30, 2: 0.20, 4: 0.25}, 2, "1.50x one thread"),  # the fastest count, where it clears the margin
+        ({1: 0.30, 2: 0.28, 4: 0.31}, 1, "2 threads 1.07x"),  # a small gain is not worth the risk under load
+        ({1: 0.10, 2: 0.40, 4: 0.80}, 1, "2 threads 0.25x"),  # a busy machine: more threads far slower
+    ],
+)
+def test_small_models_train_on_the_thread_count_their_probe_measures_fastest(monkeypatch, seconds, chosen, reason):
+    monkeypatch.delenv(fastpath.THREADS_ENV, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(fastpath, "baseline_cpu_threads", lambda: 4)
+    asked = []
+
+    def measure(counts):
+        asked.append(counts)
+        return {c: seconds[c] for c in counts}
+
+    g, d = _quick_nets()
+    choice = fastpath.choose_threads(g, d, 64, measure)
+    assert asked == [(1, 2, 4)]
+    assert choice.value == chosen and reason in choice.reason and "small model" in choice.reason
+
+
+def test_thread_choices_that_need_no_probe(monkeypatch):
+    """Large models keep torch's count, live-tuned ones start on one thread, a single core and the
+    environment decide alone: none of them is probed."""
+    monkeypatch.delenv(fastpath.THREADS_ENV, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(fastpath, "baseline_cpu_threads", lambda: 4)
+    g, d = _quick_nets()
+    assert fastpath.choose_threads(g, d, 64, _never, tuned_live=lambda counts: True).value == 1
+    monkeypatch.setattr(fastpath, "SMALL_STEP_FLOPS", 1.0)
+    assert fastpath.choose_threads(g, d, 64, _never) == fastpath.Choice(4, "torch's default")
+    monkeypatch.setattr(fastpath, "SMALL_STEP_FLOPS", 1e30)
+    monkeypatch.setattr(fastpath, "baseline_cpu_threads", lambda: 1)
+    assert fastpath.choose_threads(g, d, 64, _never).reason.endswith("one core")
+    monkeypatch.setenv(fastpath.THREADS_ENV, "3")
+    assert fastpath.choose_threads(g, d, 64, _never) == fastpath.Choice(3, "GANFORGE_CPU_THREADS=3")
+
+
+def test_a_probe_variant_runs_at_its_own_thread_count_and_puts_the_count_back():
+    from ganforge.training import probe
+
+    seen = []
+
+    class Step:
+        step_count = 0
+
+        def __call__(self, x, y, index, batch):
+            seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    x = torch.zeros(2, 1, 4, 4)
+    for count in (1, 2):
+        probe._run(Step(), probe.Variant(threads=count), x, None, 2, torch.device("cpu"))
+        assert torch.get_num_threads() == before
+    assert seen == [1, 1, 2, 2]
+
+
 def test_mlp_results_do_not_depend_on_the_thread_count():
     cfg = get_recipe("mnist-mlp")
     from ganforge.models import build_models

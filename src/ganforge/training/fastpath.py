@@ -18,17 +18,20 @@ Models whose Linear layers are a small share (the conv recipes) keep the vendor 
 Channels-last on the CPU: conv models train channels-last there (``train.channels_last`` forces it on
 other devices too); ``GANFORGE_CPU_CHANNELS_LAST=0`` keeps the default layout, for comparisons.
 
-Threads on the CPU: a small model's step (under ``SMALL_STEP_FLOPS`` forward FLOPs of G and D per batch:
-mnist-mlp, mnist-mlp-bn, mnist-quick, digits-*) trains on one thread. Its operations are
-too small to split well (a second thread gained 10-40% on an idle 2-core CPU), and when anything
-else runs on the machine, OpenMP threads that wait for a descheduled partner make every operation
-4-8 times slower (measured: mnist-mlp 5,700 -> 1,150 images/s with two threads, while one thread
-kept 5,100). Larger models keep torch's thread count. The choice depends only on the model and the
-batch size; it is recorded in the checkpoint, and a resumed run sets the recorded count (and so rounds the
-same way) even on a machine whose own rule would differ.
+Threads on the CPU: larger models (``SMALL_STEP_FLOPS`` forward FLOPs of G and D per batch or more) keep
+torch's thread count. A small model's step (mnist-mlp, mnist-mlp-bn, mnist-quick, digits-*) is probed: a
+short timed run of its own training step at one thread and at more (2, 4 and torch's count, up to torch's
+count), and more threads are used only where they are ``THREAD_MARGIN`` faster than one. No rule fits every
+machine here: on an idle 2-core Zen 3 (AVX2) two threads gave mnist-quick 1.57x, digits-quick 1.3x and
+mnist-mlp-bn 1.3x, while when anything else runs on the machine, OpenMP threads that wait for a
+descheduled partner make every operation 4-8 times slower (measured: mnist-mlp 5,700 -> 1,150 images/s
+with two threads, while one thread kept 5,100), so a probe on a busy machine keeps one. The margin is
+there because a count fixed at the start cannot react when the machine gets busy later.
 A small model whose results are bit-identical at any thread count (checked at start:
-``same_results_at_any_thread_count``; true for mnist-mlp) instead lets ``ThreadTuner`` switch between
-one thread and torch's count while it trains, by measured step time. ``GANFORGE_CPU_THREADS=N`` (or
+``same_results_at_any_thread_count``; true for mnist-mlp) is not probed: it starts on one thread and
+``ThreadTuner`` switches between one thread and torch's count while it trains, by measured step time.
+The choice is recorded in the checkpoint, and a resumed run sets the recorded count (and so rounds the
+same way) even on a machine whose own probe would differ. ``GANFORGE_CPU_THREADS=N`` (or
 ``OMP_NUM_THREADS``) sets the count instead.
 """
 
@@ -267,29 +270,44 @@ def _forward_counts(generator: nn.Module, discriminator: nn.Module, batch: int) 
     return counter.get_total_flops() / n * batch, linear[0] / n * batch
 
 
-def cpu_threads_wanted(generator: nn.Module, discriminator: nn.Module, batch: int) -> int | None:
-    """The intra-op thread count to train with on the CPU, or None for torch's own (see the docstring)."""
-    choice = os.environ.get(THREADS_ENV, "auto").strip().lower()
-    if choice != "auto":
-        return max(1, int(choice))
-    if os.environ.get("OMP_NUM_THREADS"):
-        return None  # the user chose
-    if forward_flops(generator, discriminator, batch) < SMALL_STEP_FLOPS:
-        return 1
-    return None
+THREAD_MARGIN = 1.15  # more threads must beat one by this much: a count fixed at the start cannot react to load
 
 
-def choose_threads(generator: nn.Module, discriminator: nn.Module, batch: int) -> Choice:
-    """The intra-op thread count to train with on the CPU (the count itself, for the record) and why."""
+def thread_counts_to_probe() -> tuple[int, ...]:
+    """The intra-op thread counts a small model's step is probed at: 1, 2, 4 and torch's own, up to torch's."""
+    baseline = baseline_cpu_threads()
+    return tuple(sorted({c for c in (1, 2, 4, baseline) if c <= baseline}))
+
+
+def choose_threads(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    batch: int,
+    measure: Callable[[tuple[int, ...]], dict[int, float]],
+    tuned_live: Callable[[tuple[int, ...]], bool] = lambda counts: False,
+) -> Choice:
+    """The intra-op thread count to train with on the CPU (the count itself, for the record) and why.
+
+    ``measure(counts)`` returns the probed step seconds at each count; ``tuned_live(counts)`` says whether
+    ``ThreadTuner`` will choose while training instead (then the run starts on one thread, unprobed)."""
     choice = os.environ.get(THREADS_ENV, "auto").strip().lower()
     if choice != "auto":
         return Choice(max(1, int(choice)), f"{THREADS_ENV}={choice}")
     if os.environ.get("OMP_NUM_THREADS"):
         return Choice(baseline_cpu_threads(), f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}")
     flops = forward_flops(generator, discriminator, batch)
-    if flops < SMALL_STEP_FLOPS:
-        return Choice(1, f"small model: {flops / 1e9:.2g} GFLOP per batch")
-    return Choice(baseline_cpu_threads(), "torch's default")
+    if flops >= SMALL_STEP_FLOPS:
+        return Choice(baseline_cpu_threads(), "torch's default")
+    size = f"small model: {flops / 1e9:.2g} GFLOP per batch"
+    counts = thread_counts_to_probe()
+    if len(counts) == 1 or tuned_live(counts):
+        return Choice(1, size if len(counts) > 1 else f"{size}, one core")
+    seconds = measure(counts)
+    best_more = min(counts[1:], key=lambda c: seconds[c])
+    speedup = seconds[1] / seconds[best_more]  # > 1: more threads faster
+    if speedup < THREAD_MARGIN:
+        return Choice(1, f"{size}; {best_more} threads {speedup:.2f}x", round(1 / speedup, 3))
+    return Choice(best_more, f"{size}; {speedup:.2f}x one thread", round(speedup, 3))
 
 
 def threads_overridden() -> bool:

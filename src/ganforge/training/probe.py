@@ -4,7 +4,8 @@
 noise stream and one synthetic batch of the run's shape) for a few steps per variant, interleaved, and
 returns each variant's fastest step time. The run itself is untouched: its networks and optimiser states
 are not used, every global RNG stream is restored afterwards (``rng_untouched``), and the steps run at
-the thread count already chosen. Under torchrun the ranks' times are averaged, so all ranks choose alike.
+the thread count already chosen (or a variant's own). Under torchrun the ranks' times are averaged, so all
+ranks choose alike.
 
 The fastest of a few interleaved repeats, not the mean: on a shared machine another process only ever
 makes a step slower, so the minimum is the cleanest view of what the kernels cost.
@@ -41,6 +42,7 @@ class Variant:
     autocast: torch.dtype | None = None
     prepare: Callable[[nn.Module, nn.Module], object] | None = None  # applied to the copies (e.g. oneDNN Linear)
     tf32: bool = False  # CUDA: fp32 matmuls on TF32 tensor cores while this variant runs
+    threads: int | None = None  # CPU: the intra-op thread count while this variant runs (None: as chosen)
 
 
 def time_variants(
@@ -114,8 +116,10 @@ def _run(
     step: TrainStep, variant: Variant, x: torch.Tensor, y: torch.Tensor | None, repeats: int, device: torch.device
 ) -> float:
     """Seconds per step over ``repeats`` steps (batch indices counting on, so d_every/g_every cycles show)."""
-    previous_tf32 = torch.backends.cuda.matmul.allow_tf32
+    previous_tf32, previous_threads = torch.backends.cuda.matmul.allow_tf32, torch.get_num_threads()
     torch.backends.cuda.matmul.allow_tf32 = variant.tf32 if device.type == "cuda" else previous_tf32
+    if variant.threads is not None:
+        torch.set_num_threads(variant.threads)
     try:
         _sync(device)
         start = time.perf_counter()
@@ -125,6 +129,8 @@ def _run(
         return (time.perf_counter() - start) / repeats
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous_tf32
+        if torch.get_num_threads() != previous_threads:
+            torch.set_num_threads(previous_threads)
 
 
 def _sync(device: torch.device) -> None:

@@ -160,11 +160,6 @@ def _choose_kernels(
     on CUDA also cuDNN's algorithm choice (``choose_cudnn``)."""
     tcfg, device, choices = cfg.train, ctx.device, kernels.choices
     choices["device"] = _device_record(device)
-    if device.type == "cpu":  # small models train on one thread (fastpath.py: measured faster)
-        threads = _kept(previous, "threads", threads_overridden())
-        threads = threads or choose_threads(generator, discriminator, tcfg.batch_size)
-        set_cpu_threads(threads.value)
-        choices["threads"] = threads
     layout = _kept(previous, "channels_last", CHANNELS_LAST_ENV in os.environ and not tcfg.channels_last)
     layout = layout or choose_channels_last(tcfg.channels_last, device, generator, discriminator)
     choices["channels_last"] = layout
@@ -176,14 +171,22 @@ def _choose_kernels(
     def optimizers(g: nn.Module, d: nn.Module) -> tuple[torch.optim.Adam, torch.optim.Adam]:
         return _optimizers(cfg, device, g, d, kernels.channels_last)
 
-    def measure(variants: dict[str, Variant]) -> tuple[float, float]:
-        """Step seconds of the two variants, probed on copies of the networks as they now stand."""
+    def probe(variants: dict[str, Variant]) -> dict[str, float]:
+        """Step seconds of each variant, probed on copies of the networks as they now stand."""
         per_sample = _per_sample(generator, discriminator)
-        times = time_variants(cfg, ctx, generator, discriminator, per_sample, optimizers, variants)
+        return time_variants(cfg, ctx, generator, discriminator, per_sample, optimizers, variants)
+
+    def measure(variants: dict[str, Variant]) -> tuple[float, float]:
+        """Step seconds of the two variants."""
+        times = probe(variants)
         first, second = variants
         return times[first], times[second]
 
-    if device.type == "cpu":
+    if device.type == "cpu":  # threads first: the other probes run at the chosen count
+        threads = _kept(previous, "threads", threads_overridden())
+        threads = threads or _probe_threads(tcfg.batch_size, generator, discriminator, probe)
+        set_cpu_threads(threads.value)
+        choices["threads"] = threads
         linear = _choose_linear_kernels(tcfg, generator, discriminator, previous, measure)
         choices["linear"] = linear
         if linear.value == "onednn":
@@ -230,6 +233,19 @@ def _choose_linear_kernels(tcfg, generator: nn.Module, discriminator: nn.Module,
     return kept or choose_linear(
         generator, discriminator, lambda: measure({"blas": Variant(), "onednn": Variant(prepare=use_onednn_linear)})
     )
+
+
+def _probe_threads(batch: int, generator: nn.Module, discriminator: nn.Module, probe) -> Choice:
+    """fastpath.choose_threads, with the run's own step timed at each count (probe.py)."""
+
+    def measure(counts: tuple[int, ...]) -> dict[int, float]:
+        times = probe({f"threads={c}": Variant(threads=c) for c in counts})
+        return {c: times[f"threads={c}"] for c in counts}
+
+    def tuned_live(counts: tuple[int, ...]) -> bool:  # the same test _thread_tuner makes
+        return same_results_at_any_thread_count(generator, discriminator, batch, (1, baseline_cpu_threads()))
+
+    return choose_threads(generator, discriminator, batch, measure, tuned_live)
 
 
 def _thread_tuner(batch: int, generator: nn.Module, discriminator: nn.Module, threads: int) -> ThreadTuner | None:

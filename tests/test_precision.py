@@ -223,6 +223,31 @@ def _tiny(recipe: str, *extra: str):
     return cfg
 
 
+def test_a_probed_thread_count_is_named_recorded_and_kept_on_resume(tmp_path, monkeypatch, capsys):
+    """A small conv model whose probe measures two threads 2x faster than one trains on two; its resume on a
+    one-core machine keeps two threads (and so its rounding) without probing again."""
+    monkeypatch.delenv("GANFORGE_CPU_THREADS", raising=False)  # conftest's pin: the choice itself is tested here
+    monkeypatch.setattr(fastpath, "baseline_cpu_threads", lambda: 2)
+    monkeypatch.setattr(setup, "time_variants", _fake_probe({"threads=1": 1.0, "threads=2": 0.5}))
+    run = tmp_path / "run"
+    before = torch.get_num_threads()
+    try:
+        Trainer(_tiny("digits-quick"), DistContext(), run).run()
+        line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("device cpu"))
+        assert "2 threads (small model:" in line and "2.00x one thread" in line, line
+        threads = json.loads((run / "config.json").read_text())["runtime"]["threads"]
+        assert threads["value"] == 2 and threads["speedup"] == 2.0
+
+        monkeypatch.setattr(fastpath, "baseline_cpu_threads", lambda: 1)
+        monkeypatch.setattr(setup, "time_variants", _no_probe)
+        checkpoint, resumed_cfg = load_resume_config(run)
+        apply_overrides(resumed_cfg, ["train.max_steps=4"])
+        Trainer(resumed_cfg, DistContext(), resume=checkpoint)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_choices_are_recorded_named_at_start_and_kept_on_resume(tmp_path, monkeypatch, capsys):
     """A first run on a 'BF16 machine' (measured bf16 and oneDNN faster) of a conv recipe; its resume on a machine
     whose own rules and probes would choose otherwise keeps every choice, without probing."""

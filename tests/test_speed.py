@@ -163,7 +163,7 @@ def test_thread_choices_that_need_no_probe(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(fastpath, "baseline_cpu_threads", lambda: 4)
     g, d = _quick_nets()
-    assert fastpath.choose_threads(g, d, 64, _never, tuned_live=lambda counts: True).value == 1
+    assert fastpath.choose_threads(g, d, 64, _never, tuned_live=lambda: True).value == 1
     monkeypatch.setattr(fastpath, "SMALL_STEP_FLOPS", 1.0)
     assert fastpath.choose_threads(g, d, 64, _never) == fastpath.Choice(4, "torch's default")
     monkeypatch.setattr(fastpath, "SMALL_STEP_FLOPS", 1e30)

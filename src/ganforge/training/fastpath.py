@@ -284,11 +284,11 @@ def choose_threads(
     discriminator: nn.Module,
     batch: int,
     measure: Callable[[tuple[int, ...]], dict[int, float]],
-    tuned_live: Callable[[tuple[int, ...]], bool] = lambda counts: False,
+    tuned_live: Callable[[], bool] = lambda: False,
 ) -> Choice:
     """The intra-op thread count to train with on the CPU (the count itself, for the record) and why.
 
-    ``measure(counts)`` returns the probed step seconds at each count; ``tuned_live(counts)`` says whether
+    ``measure(counts)`` returns the probed step seconds at each count; ``tuned_live()`` says whether
     ``ThreadTuner`` will choose while training instead (then the run starts on one thread, unprobed)."""
     choice = os.environ.get(THREADS_ENV, "auto").strip().lower()
     if choice != "auto":
@@ -300,7 +300,7 @@ def choose_threads(
         return Choice(baseline_cpu_threads(), "torch's default")
     size = f"small model: {flops / 1e9:.2g} GFLOP per batch"
     counts = thread_counts_to_probe()
-    if len(counts) == 1 or tuned_live(counts):
+    if len(counts) == 1 or tuned_live():
         return Choice(1, size if len(counts) > 1 else f"{size}, one core")
     seconds = measure(counts)
     best_more = min(counts[1:], key=lambda c: seconds[c])

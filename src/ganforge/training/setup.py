@@ -242,7 +242,7 @@ def _probe_threads(batch: int, generator: nn.Module, discriminator: nn.Module, p
         times = probe({f"threads={c}": Variant(threads=c) for c in counts})
         return {c: times[f"threads={c}"] for c in counts}
 
-    def tuned_live(counts: tuple[int, ...]) -> bool:  # the same test _thread_tuner makes
+    def tuned_live() -> bool:  # _thread_tuner checks again once the Linear kernels, which it depends on, are chosen
         return same_results_at_any_thread_count(generator, discriminator, batch, (1, baseline_cpu_threads()))
 
     return choose_threads(generator, discriminator, batch, measure, tuned_live)

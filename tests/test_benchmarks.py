@@ -120,3 +120,17 @@ def test_anime_table_says_when_its_variants_ran_on_different_cpus(capsys):
     table = capsys.readouterr().out
     assert "NOT one run" in table and "anime-modern: AMD EPYC, AVX512, 2 CPUs" in table
     assert table.index("| real vs real") < table.index("NOT one run")  # after the table, not inside it
+
+
+def test_the_step_profile_times_real_steps_and_names_their_operators(tmp_path):
+    """profile_step.py on the CPU: the recipe's steps are profiled at the run's batch size, with a positive
+    wall time per step, no device-kernel figure, and the convolutions of a conv recipe at the top of the table."""
+    profile_step = _load("profile_step")
+    out = tmp_path / "profile.json"
+    argv = ["digits-quick", "--device", "cpu", "--warmup", "2", "--steps", "3", "--json", str(out)]
+    assert profile_step.main([*argv, "--set", "data.max_images=64", "--set", "train.batch_size=16"]) == 0
+    result = json.loads(out.read_text())
+    assert result["steps"] == 3 and result["batch_size"] == 16 and result["wall_ms_per_step"] > 0
+    assert result["kernel_ms_per_step"] is None  # no device kernels on the CPU
+    assert any("convolution" in row["op"] for row in result["top"][:3]), result["top"][:3]
+    assert result["runtime"].startswith("device cpu")

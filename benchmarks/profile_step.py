@@ -39,7 +39,8 @@ from ganforge.training.setup import cuda_kernel_switches
 
 def _config(args: argparse.Namespace):
     cfg = get_recipe(args.recipe)
-    overrides = [f"train.device={args.device}", "train.progress=false", "eval.every=0", "train.max_time=0"]
+    overrides = [f"train.device={args.device}", "train.progress=false", "train.report=false", "eval.every=0"]
+    overrides.append("train.max_time=0")
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
     if args.split:

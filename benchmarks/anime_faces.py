@@ -10,7 +10,8 @@ same N come first.
 Writes into ``--out``: ``anime_faces.json``, ``anime_faces.png`` (FD against training time, every
 variant), ``grids.png`` (the final 8x8 grids side by side) and prints a Markdown table.
 
-Each finished variant also writes ``<variant>-points.json`` (its marks, scores and the CPU it ran on).
+Each finished variant also writes ``<variant>-points.json`` (its marks, scores, the CPU it ran on and when
+the invocation that measured it started); a table that merges invocations or CPUs says so under it.
 ``--reuse`` takes a variant from there instead of training it again when its marks and ``--num`` match, so
 a run that was stopped part-way (the six default variants take longer than many sessions have) goes on
 with the variants it has not finished; a variant stopped mid-way trains again from the start. The table
@@ -66,6 +67,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "anime-modern",
         ["loss.name=rpgan", "loss.r1_gamma=0", "loss.r2_gamma=0", "model.spectral_norm=false"],
     ),
+    # ADA's adaptive probability instead of DiffAugment's always-on ops: p starts at 0 and rises only once D
+    # overfits (r_t above 0.6). At 30 CPU minutes no-augment kept more recall than the recipe (docs/quality.md)
+    "ada": ("anime-modern", ["augment.adaptive=true"]),
 }
 DEFAULT = ["anime-dcgan", "anime-modern", "no-augment", "no-spectral-norm", "no-ema", "dcgan-nets"]
 SUFFIX = "_anime-faces-classifier"
@@ -108,7 +112,10 @@ def finished_points(name: str, marks: list[float], num: int, out: Path) -> list[
     if not path.exists() or not (out / f"{name}-grid.png").exists():
         return None
     saved = json.loads(path.read_text())
-    return saved["points"] if saved.get("marks") == marks and saved.get("num") == num else None
+    if saved.get("marks") != marks or saved.get("num") != num:
+        return None
+    earlier = f"an earlier invocation ({saved.get('date', 'undated')})"  # points.json written before "run" was
+    return [{"run": earlier, **p} for p in saved["points"]]
 
 
 def save_points(name: str, marks: list[float], num: int, points: list[dict], out: Path) -> None:
@@ -178,10 +185,12 @@ def print_table(points: list[dict], floor: dict) -> None:
     print(f"| real vs real | | | {f['fd']:.2f} | {f.get('precision', 0):.3f} | {f.get('recall', 0):.3f} "
           f"| {f.get('coverage', 0):.3f} |")  # fmt: skip
     cpus = {p["variant"]: p.get("cpu", "") for p in points}
-    if len(set(cpus.values())) > 1:
-        print("\nNOT one run: the variants were measured on different CPUs:")
+    runs = {p["variant"]: p.get("run", "") for p in points}
+    if len(set(cpus.values())) > 1 or len(set(runs.values())) > 1:
+        what = "on different CPUs" if len(set(cpus.values())) > 1 else "by different invocations (--reuse)"
+        print(f"\nNOT one run: the variants were measured {what}:")
         for name, cpu in cpus.items():
-            print(f"  {name}: {cpu}")
+            print(f"  {name}: {cpu}, started {runs[name]}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         if kept is not None:
             print(f"  {name}: kept from {args.out / (name + '-points.json')}", flush=True)
         else:
-            kept = [{**p, "cpu": cpu_label()} for p in measure_variant(name, marks, args, args.out)]
+            run = time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
+            kept = [{**p, "cpu": cpu_label(), "run": run} for p in measure_variant(name, marks, args, args.out)]
             save_points(name, marks, args.num, kept, args.out)
         points += kept
         payload = {"real_vs_real": floor, "num": args.num, "points": points, "argv": sys.argv, "load_start": load}

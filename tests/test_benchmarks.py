@@ -50,7 +50,7 @@ def test_every_anime_variant_is_a_valid_run_that_builds(name):
 def test_anime_ablations_each_change_what_they_name():
     base = get_recipe("anime-modern")
     ablated = {}
-    for name in ("no-augment", "no-spectral-norm", "no-ema", "rpgan-no-r1"):
+    for name in ("no-augment", "no-spectral-norm", "no-ema", "rpgan-no-r1", "ada"):
         cfg = get_recipe("anime-modern")
         apply_overrides(cfg, ANIME.VARIANTS[name][1])
         ablated[name] = cfg
@@ -58,6 +58,8 @@ def test_anime_ablations_each_change_what_they_name():
     assert base.model.spectral_norm and not ablated["no-spectral-norm"].model.spectral_norm
     assert base.train.ema_decay > 0 and ablated["no-ema"].train.ema_decay == 0
     assert ablated["rpgan-no-r1"].loss.r1_gamma == 0 and ablated["rpgan-no-r1"].loss.r2_gamma == 0
+    assert not base.augment.adaptive and ablated["ada"].augment.adaptive
+    assert ablated["ada"].augment.policy == base.augment.policy  # the same ops, only their probability adapts
     assert set(ANIME.DEFAULT) <= set(ANIME.VARIANTS)
 
 
@@ -120,6 +122,10 @@ def test_anime_table_says_when_its_variants_ran_on_different_cpus(capsys):
     table = capsys.readouterr().out
     assert "NOT one run" in table and "anime-modern: AMD EPYC, AVX512, 2 CPUs" in table
     assert table.index("| real vs real") < table.index("NOT one run")  # after the table, not inside it
+    ANIME.print_table([{**same[0], "run": "2026-12-01 20:00"}, {**same[1], "run": "2026-12-02 04:33"}], {"fd": 0.5})
+    table = capsys.readouterr().out
+    assert "NOT one run: the variants were measured by different invocations" in table
+    assert "anime-modern: AMD EPYC, AVX2, 2 CPUs, started 2026-12-02 04:33" in table
 
 
 def test_the_step_profile_times_real_steps_and_names_their_operators(tmp_path):

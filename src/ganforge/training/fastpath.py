@@ -270,7 +270,7 @@ def _forward_counts(generator: nn.Module, discriminator: nn.Module, batch: int) 
     return counter.get_total_flops() / n * batch, linear[0] / n * batch
 
 
-THREAD_MARGIN = 1.15  # more threads must beat one by this much: a count fixed at the start cannot react to load
+THREAD_MARGIN = 1.1  # more threads must beat one by this much: a count fixed at the start cannot react to load
 
 
 def thread_counts_to_probe() -> tuple[int, ...]:

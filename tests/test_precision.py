@@ -203,6 +203,36 @@ def test_the_probe_leaves_weights_optimisers_and_rng_streams_untouched():
     assert np.array_equal(rng_before[2], rng_after[2])
 
 
+def test_the_probe_reads_each_variant_by_its_median_round_not_one_lucky_one(monkeypatch):
+    """A one-off fast round (a host's frequency or steal time moves single steps both ways) must not decide."""
+    import ganforge.training.probe as probe
+
+    seconds = {
+        "a": iter([9.0, 1.0, 0.1, 1.0, 1.0]),
+        "b": iter([9.0, 0.5, 0.6, 0.5, 0.5]),
+    }  # warm-up, estimate, 3 rounds
+    named = {}
+
+    def scripted_run(step, variant, x, y, repeats, device):
+        return next(seconds[named[id(variant)]])
+
+    monkeypatch.setattr(probe, "_run", scripted_run)
+    cfg = get_recipe("digits-quick")
+    apply_overrides(cfg, ["train.batch_size=8", "train.precision=fp32"])
+    nets = setup.build_setup(cfg, DistContext()).nets
+    variants = {"a": Variant(), "b": Variant()}
+    named.update({id(v): name for name, v in variants.items()})
+
+    def optimizers(g, d):
+        return torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
+
+    times = time_variants(
+        cfg, DistContext(), nets.generator_core, nets.discriminator_core, False, optimizers, variants,
+        budget_s=60.0, max_rounds=3,
+    )  # fmt: skip
+    assert times == {"a": 1.0, "b": 0.5}  # the fastest round would have said a (0.1) beats b (0.5)
+
+
 # --- the record and resume ----------------------------------------------------------------------------
 def _fake_probe(times: dict[str, float]):
     def probe(cfg, ctx, g, d, per_sample, optimizers, variants, **_):

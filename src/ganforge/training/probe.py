@@ -2,19 +2,23 @@
 
 ``time_variants`` trains deep copies of the placed networks (with optimisers of the run's kind, their own
 noise stream and one synthetic batch of the run's shape) for a few steps per variant, interleaved, and
-returns each variant's fastest step time. The run itself is untouched: its networks and optimiser states
+returns each variant's median step time over its rounds. The run itself is untouched: its networks and optimiser states
 are not used, every global RNG stream is restored afterwards (``rng_untouched``), and the steps run at
 the thread count already chosen (or a variant's own). Under torchrun the ranks' times are averaged, so all
 ranks choose alike.
 
-The fastest of a few interleaved repeats, not the mean: on a shared machine another process only ever
-makes a step slower, so the minimum is the cleanest view of what the kernels cost.
+The median of a few interleaved rounds, neither the mean nor the fastest: the median is the step the run
+will typically make, and one outlier round, slow or fast, does not move it. The fastest was used first, on
+the view that another process only ever makes a step slower; but on a 2-core VM single one-thread steps of
+mnist-quick ranged over 117-267 ms within one probe (the host's frequency and steal time move both ways), and
+one lucky round decided the thread count.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +35,12 @@ from ganforge.training.step import Networks, NoiseSource, TrainStep
 PROBE_BUDGET_S = 0.4  # timed rounds stop once this much has passed (the warm-up steps come on top)
 MAX_ROUNDS = 3
 MIN_ROUND_S = 0.02  # a round repeats a fast step until it lasts this long, so the clock's noise is small
+# The thread count is probed longer: it stands for the whole run (a resume keeps it), and the wrong count costs a
+# third of a small model's steps. Single steps of mnist-quick on a 2-core VM vary by +-15% (steal time hits the
+# two-thread rounds hardest), and with the default budget (two timed rounds) the two-thread gain read 1.08x
+# once and 1.28-1.88x in eleven other start-ups; the extra second is paid by small models only.
+THREAD_BUDGET_S = 1.5
+THREAD_MAX_ROUNDS = 8
 
 OptimizerFactory = Callable[[nn.Module, nn.Module], tuple[torch.optim.Optimizer, torch.optim.Optimizer]]
 
@@ -54,8 +64,9 @@ def time_variants(
     make_optimizers: OptimizerFactory,
     variants: dict[str, Variant],
     budget_s: float = PROBE_BUDGET_S,
+    max_rounds: int = MAX_ROUNDS,
 ) -> dict[str, float]:
-    """Seconds per training step of each variant (the fastest of its rounds); see the module docstring."""
+    """Seconds per training step of each variant (the median of its rounds); see the module docstring."""
     device = ctx.device
     objective = get_objective(cfg.loss.name)
     with rng_untouched(device):
@@ -69,15 +80,16 @@ def time_variants(
             _run(step, variants[name], x_real, y_real, 1, device)  # untimed: oneDNN/cuDNN build their kernels
             estimate = _run(step, variants[name], x_real, y_real, 1, device)
             repeats[name] = max(1, min(20, math.ceil(MIN_ROUND_S / max(estimate, 1e-6))))
-        best = {name: math.inf for name in steps}
+        rounds: dict[str, list[float]] = {name: [] for name in steps}
         start = time.perf_counter()
-        for _ in range(MAX_ROUNDS):
+        for _ in range(max_rounds):
             for name, step in steps.items():
-                best[name] = min(best[name], _run(step, variants[name], x_real, y_real, repeats[name], device))
+                rounds[name].append(_run(step, variants[name], x_real, y_real, repeats[name], device))
             if time.perf_counter() - start > budget_s:
                 break
-    names = list(best)
-    times = ctx.mean(torch.tensor([best[n] for n in names], dtype=torch.float64, device=device)).tolist()
+    names = list(rounds)
+    medians = [statistics.median(rounds[n]) for n in names]
+    times = ctx.mean(torch.tensor(medians, dtype=torch.float64, device=device)).tolist()
     return dict(zip(names, times))
 
 

@@ -41,7 +41,7 @@ from ganforge.training.fastpath import (
     use_onednn_linear,
 )
 from ganforge.training.precision import bf16_native, emulation_env, kept_warning, resolve_precision
-from ganforge.training.probe import Variant, time_variants
+from ganforge.training.probe import THREAD_BUDGET_S, THREAD_MAX_ROUNDS, Variant, time_variants
 from ganforge.training.step import Networks
 
 
@@ -171,10 +171,10 @@ def _choose_kernels(
     def optimizers(g: nn.Module, d: nn.Module) -> tuple[torch.optim.Adam, torch.optim.Adam]:
         return _optimizers(cfg, device, g, d, kernels.channels_last)
 
-    def probe(variants: dict[str, Variant]) -> dict[str, float]:
+    def probe(variants: dict[str, Variant], **timing: float) -> dict[str, float]:
         """Step seconds of each variant, probed on copies of the networks as they now stand."""
         per_sample = _per_sample(generator, discriminator)
-        return time_variants(cfg, ctx, generator, discriminator, per_sample, optimizers, variants)
+        return time_variants(cfg, ctx, generator, discriminator, per_sample, optimizers, variants, **timing)
 
     def measure(variants: dict[str, Variant]) -> tuple[float, float]:
         """Step seconds of the two variants."""
@@ -239,7 +239,8 @@ def _probe_threads(batch: int, generator: nn.Module, discriminator: nn.Module, p
     """fastpath.choose_threads, with the run's own step timed at each count (probe.py)."""
 
     def measure(counts: tuple[int, ...]) -> dict[int, float]:
-        times = probe({f"threads={c}": Variant(threads=c) for c in counts})
+        variants = {f"threads={c}": Variant(threads=c) for c in counts}
+        times = probe(variants, budget_s=THREAD_BUDGET_S, max_rounds=THREAD_MAX_ROUNDS)
         return {c: times[f"threads={c}"] for c in counts}
 
     def tuned_live() -> bool:  # _thread_tuner checks again once the Linear kernels, which it depends on, are chosen

@@ -10,8 +10,8 @@ ranks choose alike.
 The median of a few interleaved rounds, neither the mean nor the fastest: the median is the step the run
 will typically make, and one outlier round, slow or fast, does not move it. The fastest was used first, on
 the view that another process only ever makes a step slower; but on a 2-core VM single one-thread steps of
-mnist-quick ranged over 117-267 ms within one probe (the host's frequency and steal time move both ways), and
-one lucky round decided the thread count.
+mnist-quick ranged over 117-267 ms within one probe (fast outliers as well as slow ones; the cause on the
+host was not measured), and one lucky round decided the thread count.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ PROBE_BUDGET_S = 0.4  # timed rounds stop once this much has passed (the warm-up
 MAX_ROUNDS = 3
 MIN_ROUND_S = 0.02  # a round repeats a fast step until it lasts this long, so the clock's noise is small
 # The thread count is probed longer: it stands for the whole run (a resume keeps it), and the wrong count costs a
-# third of a small model's steps. Single steps of mnist-quick on a 2-core VM vary by +-15% (steal time hits the
-# two-thread rounds hardest), and with the default budget (two timed rounds) the two-thread gain read 1.08x
+# third of a small model's steps. Single steps of mnist-quick on a 2-core VM vary by +-15% or more, and with the
+# default budget (two timed rounds) the two-thread gain read 1.08x
 # once and 1.28-1.88x in eleven other start-ups; the extra second is paid by small models only.
 THREAD_BUDGET_S = 1.5
 THREAD_MAX_ROUNDS = 8

@@ -204,13 +204,11 @@ def test_the_probe_leaves_weights_optimisers_and_rng_streams_untouched():
 
 
 def test_the_probe_reads_each_variant_by_its_median_round_not_one_lucky_one(monkeypatch):
-    """A one-off fast round (a host's frequency or steal time moves single steps both ways) must not decide."""
+    """A one-off fast round (single steps on a shared VM vary both ways) must not decide."""
     import ganforge.training.probe as probe
 
-    seconds = {
-        "a": iter([9.0, 1.0, 0.1, 1.0, 1.0]),
-        "b": iter([9.0, 0.5, 0.6, 0.5, 0.5]),
-    }  # warm-up, estimate, 3 rounds
+    # per variant: the warm-up step, the estimate step, then three timed rounds
+    seconds = {"a": iter([9.0, 1.0, 0.1, 1.0, 1.0]), "b": iter([9.0, 0.5, 0.6, 0.5, 0.5])}
     named = {}
 
     def scripted_run(step, variant, x, y, repeats, device):

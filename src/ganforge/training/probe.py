@@ -37,8 +37,8 @@ MAX_ROUNDS = 3
 MIN_ROUND_S = 0.02  # a round repeats a fast step until it lasts this long, so the clock's noise is small
 # The thread count is probed longer: it stands for the whole run (a resume keeps it), and the wrong count costs a
 # third of a small model's steps. Single steps of mnist-quick on a 2-core VM vary by +-15% or more, and with the
-# default budget (two timed rounds) the two-thread gain read 1.08x
-# once and 1.28-1.88x in eleven other start-ups; the extra second is paid by small models only.
+# default budget (two timed rounds) the two-thread gain read 1.08x once and 1.28-1.88x in eleven other start-ups;
+# the extra second is paid by small models only.
 THREAD_BUDGET_S = 1.5
 THREAD_MAX_ROUNDS = 8
 

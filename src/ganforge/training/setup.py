@@ -171,7 +171,7 @@ def _choose_kernels(
     def optimizers(g: nn.Module, d: nn.Module) -> tuple[torch.optim.Adam, torch.optim.Adam]:
         return _optimizers(cfg, device, g, d, kernels.channels_last)
 
-    def probe(variants: dict[str, Variant], **timing: float) -> dict[str, float]:
+    def probe(variants: dict[str, Variant], **timing: float | int) -> dict[str, float]:  # budget_s, max_rounds
         """Step seconds of each variant, probed on copies of the networks as they now stand."""
         per_sample = _per_sample(generator, discriminator)
         return time_variants(cfg, ctx, generator, discriminator, per_sample, optimizers, variants, **timing)
